@@ -1,0 +1,18 @@
+// Every header the kernels use from outside the project, included before an
+// instruction-set pragma (see kernels_avx512.cpp) so that it keeps the baseline target.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
