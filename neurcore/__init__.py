@@ -8,7 +8,7 @@ are enough"). Native kernels: C++ (``neurcore._C``, always built), CUDA
 """
 
 from ._backends import backends, cpu_level, set_cpu_level, usable_cpu_levels
-from ._bitmasks import SPARSE_OCCUPANCY, BitMasks, BitMasksBuilder
+from ._bitmasks import SPARSE_OCCUPANCY, BitMasks, BitMasksBuilder, sparse_threshold
 from ._ops import intersect_counts
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __all__ = [
     "BitMasks",
     "BitMasksBuilder",
     "SPARSE_OCCUPANCY",
+    "sparse_threshold",
     "intersect_counts",
     "backends",
     "cpu_level",

@@ -43,15 +43,19 @@ def test_padding_bits_stay_zero():
 
 
 def test_sparse_layout_stores_only_touched_images():
-    m = np.zeros((3, 100, 8, 8), bool)
+    m = np.zeros((3, 100, 16, 16), bool)
     m[0, [3, 50], 1, 1] = True
     m[2, 99] = True
     bm = BitMasks.from_dense(m, "auto")
     assert bm.layout == "sparse" and bm.nnz_blocks == 3
     arrays = bm.layout_arrays()
     assert arrays["indptr"].tolist() == [0, 2, 2, 3] and arrays["images"].tolist() == [3, 50, 99]
-    assert BitMasks.from_dense(np.ones((3, 100, 8, 8), bool), "auto").layout == "dense"
+    assert BitMasks.from_dense(np.ones((3, 100, 16, 16), bool), "auto").layout == "dense"
     assert bm.occupancy() == pytest.approx(3 / 300)
+    # Small images pay the per-block cost sooner: the same occupancy is dense at 8 x 8.
+    m[1, :3] = True
+    assert neurcore.sparse_threshold(1) < 6 / 300 < neurcore.sparse_threshold(4)
+    assert BitMasks.from_dense(m[:, :, :8, :8], "auto").layout == "dense"
 
 
 @given(seed=seeds, n=st.integers(1, 7))

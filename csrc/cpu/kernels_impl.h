@@ -58,7 +58,7 @@ inline TileFn tile(int mr, int nr) {
 // 512 words = 4 KiB per row; an A panel of 32 rows is 128 KiB, within L2.
 constexpr int64_t kChunkWords = 512;
 constexpr int64_t kPanelRowsA = 32;
-constexpr int64_t kPanelRowsB = 32;
+constexpr int64_t kPanelRowsB = 32;  // also the column panel of the image-major kernels
 
 template <class Isa>
 void popcount_rows(const uint64_t* words, int64_t m, int64_t k, int64_t* out, int nthreads) {
@@ -106,88 +106,136 @@ void intersect_dense_dense(const uint64_t* a, int64_t na, const uint64_t* b, int
     }
 }
 
+// The blocks of an image-sparse row set ordered by (image, row): a counting
+// sort by image of blocks visited in row order.
+struct ImageMajor {
+  std::vector<int64_t> start;             // [n_images + 1]: entries of image x are [start[x], start[x + 1])
+  std::vector<int64_t> row;               // [nnz] row of each entry, increasing within an image
+  std::vector<const uint64_t*> ptr;       // [nnz] words of each entry
+};
+
+inline ImageMajor image_major(const SparseRows& s, int64_t n_images, int64_t wpi) {
+  const int64_t nnz = s.indptr[s.n];
+  ImageMajor m{std::vector<int64_t>(n_images + 1, 0), std::vector<int64_t>(nnz),
+               std::vector<const uint64_t*>(nnz)};
+  for (int64_t q = 0; q < nnz; ++q) ++m.start[s.images[q] + 1];
+  for (int64_t x = 0; x < n_images; ++x) m.start[x + 1] += m.start[x];
+  std::vector<int64_t> cursor(m.start.begin(), m.start.end() - 1);
+  for (int64_t r = 0; r < s.n; ++r)
+    for (int64_t q = s.indptr[r]; q < s.indptr[r + 1]; ++q) {
+      const int64_t dst = cursor[s.images[q]]++;
+      m.row[dst] = r;
+      m.ptr[dst] = s.words + q * wpi;
+    }
+  return m;
+}
+
+// B's entries at one image with rows in [j0, j1): word pointers and rows.
+struct Entries {
+  const uint64_t* const* ptr;
+  const int64_t* row;
+  int64_t n;
+};
+
+// B dense [nb][n_images][wpi]: every row has an entry at every image.
+struct DenseSide {
+  const uint64_t* b;
+  int64_t row_stride, wpi;
+  const int64_t* iota;  // 0, 1, ..., nb - 1
+  Entries at(int64_t x, int64_t j0, int64_t j1, std::vector<const uint64_t*>& scratch) const {
+    scratch.resize(j1 - j0);
+    for (int64_t j = j0; j < j1; ++j) scratch[j - j0] = b + j * row_stride + x * wpi;
+    return {scratch.data(), iota + j0, j1 - j0};
+  }
+};
+
+// B image-sparse, through its image-major index.
+struct SparseSide {
+  const ImageMajor* m;
+  Entries at(int64_t x, int64_t j0, int64_t j1, std::vector<const uint64_t*>&) const {
+    const int64_t* lo = m->row.data() + m->start[x];
+    const int64_t* hi = m->row.data() + m->start[x + 1];
+    const int64_t* first = std::lower_bound(lo, hi, j0);
+    const int64_t* last = std::lower_bound(first, hi, j1);
+    const int64_t off = first - m->row.data();
+    return {m->ptr.data() + off, first, last - first};
+  }
+};
+
+// out[a_row][b_row] += |a & b| for the A entries and B entries of one image,
+// an MR x NR register tile at a time: a small dense product per image.
+template <class Isa>
+inline void image_product(const uint64_t* const* a_ptr, const int64_t* a_row, int64_t na_x, const Entries& b,
+                          int64_t wpi, int64_t* out, int64_t ldo) {
+  int64_t res[Isa::MR * Isa::NR];
+  for (int64_t r0 = 0; r0 < na_x; r0 += Isa::MR) {
+    const int mr = int(std::min<int64_t>(Isa::MR, na_x - r0));
+    for (int64_t c0 = 0; c0 < b.n; c0 += Isa::NR) {
+      const int nr = int(std::min<int64_t>(Isa::NR, b.n - c0));
+      tile<Isa>(mr, nr)(a_ptr + r0, b.ptr + c0, wpi, res);
+      for (int r = 0; r < mr; ++r)
+        for (int c = 0; c < nr; ++c) out[a_row[r0 + r] * ldo + b.row[c0 + c]] += res[r * nr + c];
+    }
+  }
+}
+
+// A image-sparse against any B side: for each image, only the A blocks and B
+// entries present there meet, and each B block is read once per column panel.
+// Work splits over panels of B rows when there are enough (disjoint output
+// columns), else over ranges of images with private outputs summed at the end.
+template <class Isa, class Side>
+void image_major_intersect(const SparseRows& a, int64_t n_images, int64_t wpi, int64_t nb, const Side& side,
+                           int64_t* out, int nthreads) {
+  const int64_t na = a.n;
+  std::fill(out, out + na * nb, int64_t{0});
+  if (na == 0 || nb == 0 || a.indptr[na] == 0) return;
+  const int nt = resolve_threads(nthreads);
+  const ImageMajor am = image_major(a, n_images, wpi);
+  auto run = [&](int64_t x0, int64_t x1, int64_t j0, int64_t j1, int64_t* dst,
+                 std::vector<const uint64_t*>& scratch) {
+    for (int64_t x = x0; x < x1; ++x) {
+      const int64_t s = am.start[x], e = am.start[x + 1];
+      if (s == e) continue;
+      const Entries b = side.at(x, j0, j1, scratch);
+      if (b.n) image_product<Isa>(am.ptr.data() + s, am.row.data() + s, e - s, b, wpi, dst, nb);
+    }
+  };
+  const int64_t panel = kPanelRowsB;
+  const int64_t n_panels = (nb + panel - 1) / panel;
+  if (n_panels >= 2 * nt || nt == 1) {
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<const uint64_t*> scratch;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t p = 0; p < n_panels; ++p) run(0, n_images, p * panel, std::min(nb, (p + 1) * panel), out, scratch);
+    }
+    return;
+  }
+  const int64_t chunk = std::max<int64_t>(1, n_images / (16 * nt));
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<const uint64_t*> scratch;
+    std::vector<int64_t> local(na * nb, 0);
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t x0 = 0; x0 < n_images; x0 += chunk) run(x0, std::min(n_images, x0 + chunk), 0, nb, local.data(), scratch);
+#pragma omp critical
+    for (int64_t t = 0; t < na * nb; ++t) out[t] += local[t];
+  }
+}
+
 template <class Isa>
 void intersect_sparse_dense(const SparseRows& a, const uint64_t* b, int64_t nb, int64_t n_images,
                             int64_t wpi, int64_t* out, int nthreads) {
-  const int64_t na = a.n;
-  std::fill(out, out + na * nb, int64_t{0});
-  const int nt = resolve_threads(nthreads);
-  const int64_t row_stride = n_images * wpi;
-  const int64_t n_jpanels = (nb + kPanelRowsB - 1) / kPanelRowsB;
-  // Only the images of A's row are visited; B is read at those images.
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(nt)
-  for (int64_t i = 0; i < na; ++i)
-    for (int64_t jp = 0; jp < n_jpanels; ++jp) {
-      const int64_t j_end = std::min(nb, (jp + 1) * kPanelRowsB);
-      const uint64_t* pb[Isa::NR];
-      int64_t res[Isa::NR];
-      int64_t* orow = out + i * nb;
-      for (int64_t p = a.indptr[i]; p < a.indptr[i + 1]; ++p) {
-        const uint64_t* pa = a.words + p * wpi;
-        const int64_t off = a.images[p] * wpi;
-        for (int64_t j0 = jp * kPanelRowsB; j0 < j_end; j0 += Isa::NR) {
-          const int nr = int(std::min<int64_t>(Isa::NR, j_end - j0));
-          for (int c = 0; c < nr; ++c) pb[c] = b + (j0 + c) * row_stride + off;
-          tile<Isa>(1, nr)(&pa, pb, wpi, res);
-          for (int c = 0; c < nr; ++c) orow[j0 + c] += res[c];
-        }
-      }
-    }
+  std::vector<int64_t> iota(nb);
+  for (int64_t j = 0; j < nb; ++j) iota[j] = j;
+  image_major_intersect<Isa>(a, n_images, wpi, nb, DenseSide{b, n_images * wpi, wpi, iota.data()}, out, nthreads);
 }
 
-// For each A block, visit only the B blocks at the same image, found through
-// an image-major index of B (a counting sort of B's blocks by image).
 template <class Isa>
 void intersect_sparse_sparse(const SparseRows& a, const SparseRows& b, int64_t n_images, int64_t wpi,
                              int64_t* out, int nthreads) {
-  const int64_t na = a.n, nb = b.n;
-  std::fill(out, out + na * nb, int64_t{0});
-  const int nt = resolve_threads(nthreads);
-  const int64_t nnz_b = b.indptr[nb];
-  std::vector<int64_t> by_image(n_images + 1, 0), b_row(nnz_b), b_block(nnz_b);
-  for (int64_t q = 0; q < nnz_b; ++q) ++by_image[b.images[q] + 1];
-  for (int64_t x = 0; x < n_images; ++x) by_image[x + 1] += by_image[x];
-  {
-    std::vector<int64_t> cursor(by_image.begin(), by_image.end() - 1);
-    for (int64_t j = 0; j < nb; ++j)
-      for (int64_t q = b.indptr[j]; q < b.indptr[j + 1]; ++q) {
-        const int64_t dst = cursor[b.images[q]]++;
-        b_row[dst] = j;
-        b_block[dst] = q;
-      }
-  }
-  // Accumulate the blocks of row i in [p0, p1) into orow[nb].
-  auto run_blocks = [&](int64_t p0, int64_t p1, int64_t* orow) {
-    const uint64_t* pb[Isa::NR];
-    int64_t res[Isa::NR];
-    for (int64_t p = p0; p < p1; ++p) {
-      const uint64_t* pa = a.words + p * wpi;
-      const int64_t x = a.images[p];
-      for (int64_t q0 = by_image[x]; q0 < by_image[x + 1]; q0 += Isa::NR) {
-        const int nr = int(std::min<int64_t>(Isa::NR, by_image[x + 1] - q0));
-        for (int c = 0; c < nr; ++c) pb[c] = b.words + b_block[q0 + c] * wpi;
-        tile<Isa>(1, nr)(&pa, pb, wpi, res);
-        for (int c = 0; c < nr; ++c) orow[b_row[q0 + c]] += res[c];
-      }
-    }
-  };
-  if (na >= 4 * nt) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t i = 0; i < na; ++i) run_blocks(a.indptr[i], a.indptr[i + 1], out + i * nb);
-  } else {
-    // Few rows: split each row's blocks over threads, each with a private row.
-    for (int64_t i = 0; i < na; ++i) {
-      const int64_t p0 = a.indptr[i], p1 = a.indptr[i + 1];
-#pragma omp parallel num_threads(nt) if (p1 - p0 > 8)
-      {
-        std::vector<int64_t> local(nb, 0);
-#pragma omp for schedule(dynamic, 4) nowait
-        for (int64_t p = p0; p < p1; ++p) run_blocks(p, p + 1, local.data());
-#pragma omp critical
-        for (int64_t j = 0; j < nb; ++j) out[i * nb + j] += local[j];
-      }
-    }
-  }
+  const ImageMajor bm = image_major(b, n_images, wpi);
+  image_major_intersect<Isa>(a, n_images, wpi, b.n, SparseSide{&bm}, out, nthreads);
 }
 
 template <class Isa>
