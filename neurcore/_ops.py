@@ -25,11 +25,8 @@ def device_of(x) -> str:
 
 
 def to_host(x) -> np.ndarray:
-    """A numpy view or copy of an index/words array (torch int64 words come back as uint64)."""
-    if is_torch(x):
-        arr = x.detach().cpu().numpy()
-        return arr
-    return x
+    """x itself if numpy, else a host copy as numpy (used for small index arrays)."""
+    return x.detach().cpu().numpy() if is_torch(x) else x
 
 
 # ---------------------------------------------------------------- CUDA helpers
