@@ -484,13 +484,7 @@ class BitMasks:
     def _binary(self, op: str, other: "BitMasks") -> "BitMasks":
         if not isinstance(other, BitMasks):
             return NotImplemented
-        if other.sample_shape != self.sample_shape:
-            raise ValueError(
-                f"BitMasks {op}: operands must share one sample space; left is over {self.sample_shape}, "
-                f"right over {other.sample_shape}"
-            )
-        if other.device != self.device:
-            raise ValueError(f"BitMasks {op}: left is on {self.device}, right on {other.device}")
+        _ops.check_pair(f"BitMasks {op}", self, other, ("left", "right"))
         if self.n != other.n and 1 not in (self.n, other.n):
             raise ValueError(f"BitMasks {op}: row counts {self.n} and {other.n} must match, or one must be 1")
         n = max(self.n, other.n)

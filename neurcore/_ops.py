@@ -50,6 +50,15 @@ def _ptr(t) -> int:
     return t.data_ptr()
 
 
+def check_pair(what: str, a, b, names: tuple[str, str]) -> None:
+    """Two BitMasks must share one sample space and one device; the error names both."""
+    if a.sample_shape != b.sample_shape:
+        raise ValueError(f"{what}: operands must share one sample space; {names[0]} is over {a.sample_shape}, "
+                         f"{names[1]} over {b.sample_shape}")
+    if a.device != b.device:
+        raise ValueError(f"{what}: {names[0]} is on {a.device} and {names[1]} on {b.device}; move one with .to()")
+
+
 # ------------------------------------------------------------------ primitives
 def popcount_rows(words):
     """Set bits per row of words [m, k] -> int64 [m]."""
@@ -185,13 +194,7 @@ def intersect_counts(A, B, *, backend: str | None = None):
                 f"intersect_counts: {name} must be a BitMasks (see BitMasks.from_dense), "
                 f"got {type(x).__name__}"
             )
-    if A.sample_shape != B.sample_shape:
-        raise ValueError(
-            f"intersect_counts: A and B must share one sample space; A is over {A.sample_shape}, "
-            f"B over {B.sample_shape}"
-        )
-    if A.device != B.device:
-        raise ValueError(f"intersect_counts: A is on {A.device} and B on {B.device}; move one with .to()")
+    check_pair("intersect_counts", A, B, ("A", "B"))
     if backend is None:
         backend = "cpu" if A.device == "cpu" else "cuda"
     if backend == "triton":

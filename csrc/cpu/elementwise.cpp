@@ -4,22 +4,10 @@
 #include <cstring>
 
 #include "kernels.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "threads.h"
 
 namespace neurcore::cpu {
 namespace {
-
-int threads(int nthreads) {
-#ifdef _OPENMP
-  return nthreads > 0 ? nthreads : omp_get_max_threads();
-#else
-  (void)nthreads;
-  return 1;
-#endif
-}
 
 template <BinaryOp Op>
 inline uint64_t apply(uint64_t a, uint64_t b) {
@@ -33,7 +21,7 @@ void binary_dense_op(const uint64_t* a, int64_t na, const uint64_t* b, int64_t n
                      uint64_t* out, int nthreads) {
   const int64_t n = na > nb ? na : nb;
   const int64_t sa = na == 1 ? 0 : k, sb = nb == 1 ? 0 : k;
-#pragma omp parallel for schedule(static) num_threads(threads(nthreads)) if (n * k > (1 << 16))
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(nthreads)) if (n * k > (1 << 16))
   for (int64_t r = 0; r < n; ++r) {
     const uint64_t* pa = a + r * sa;
     const uint64_t* pb = b + r * sb;
@@ -45,7 +33,7 @@ void binary_dense_op(const uint64_t* a, int64_t na, const uint64_t* b, int64_t n
 template <BinaryOp Op>
 void combine_blocks_op(const uint64_t* a, const int64_t* ia, const uint64_t* b, const int64_t* ib,
                        int64_t m, int64_t wpi, uint64_t* out, int nthreads) {
-#pragma omp parallel for schedule(static) num_threads(threads(nthreads)) if (m * wpi > (1 << 16))
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(nthreads)) if (m * wpi > (1 << 16))
   for (int64_t t = 0; t < m; ++t) {
     uint64_t* po = out + t * wpi;
     const uint64_t* pa = ia[t] >= 0 ? a + ia[t] * wpi : nullptr;
@@ -79,7 +67,7 @@ void not_blocks(const uint64_t* a, int64_t m, int64_t wpi, int64_t pixels_per_im
                 int nthreads) {
   const int64_t tail_bits = pixels_per_image % 64;
   const uint64_t last_mask = tail_bits == 0 ? ~uint64_t{0} : (uint64_t{1} << tail_bits) - 1;
-#pragma omp parallel for schedule(static) num_threads(threads(nthreads)) if (m * wpi > (1 << 16))
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(nthreads)) if (m * wpi > (1 << 16))
   for (int64_t t = 0; t < m; ++t) {
     const uint64_t* pa = a + t * wpi;
     uint64_t* po = out + t * wpi;
@@ -89,7 +77,7 @@ void not_blocks(const uint64_t* a, int64_t m, int64_t wpi, int64_t pixels_per_im
 }
 
 void nonzero_blocks(const uint64_t* words, int64_t m, int64_t wpi, uint8_t* out, int nthreads) {
-#pragma omp parallel for schedule(static) num_threads(threads(nthreads)) if (m * wpi > (1 << 16))
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(nthreads)) if (m * wpi > (1 << 16))
   for (int64_t t = 0; t < m; ++t) {
     const uint64_t* p = words + t * wpi;
     uint64_t any = 0;

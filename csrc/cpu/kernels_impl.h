@@ -9,15 +9,6 @@
 namespace neurcore::cpu {
 namespace {  // internal linkage: one copy per instruction-set target
 
-inline int resolve_threads(int nthreads) {
-#ifdef _OPENMP
-  return nthreads > 0 ? nthreads : omp_get_max_threads();
-#else
-  (void)nthreads;
-  return 1;
-#endif
-}
-
 // res[r * NR + c] = popcount(a[r][0:k] & b[c][0:k]) for an MR x NR register tile.
 template <class Isa, int MR, int NR>
 void and_popcount_tile(const uint64_t* const* a, const uint64_t* const* b, int64_t k, int64_t* res) {

@@ -9,9 +9,7 @@
 #include <utility>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "threads.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>

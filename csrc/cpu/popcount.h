@@ -40,17 +40,10 @@ struct IsaGeneric {
 };
 
 #if defined(NEURCORE_ISA_POPCNT) || defined(NEURCORE_ISA_AVX2) || defined(NEURCORE_ISA_AVX512)
-// One word at a time with the POPCNT instruction (-mpopcnt).
-struct IsaPopcnt {
+// One word at a time with the POPCNT instruction (target "popcnt").
+struct IsaPopcnt : IsaGeneric {
   static constexpr const char* kName = "popcnt";
-  static constexpr int kWords = 1;
-  static constexpr int MR = 2, NR = 4;
-  using Vec = uint64_t;
-  using Acc = int64_t;
-  static inline Acc zero() { return 0; }
-  static inline Vec load(const uint64_t* p) { return *p; }
   static inline void accumulate(Acc& acc, Vec a, Vec b) { acc += __builtin_popcountll(a & b); }
-  static inline int64_t reduce(Acc acc) { return acc; }
   static inline int64_t popcount64(uint64_t x) { return __builtin_popcountll(x); }
 };
 #endif
