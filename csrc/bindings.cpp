@@ -207,17 +207,19 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("words"), py::arg("pixels_per_image"), py::arg("nthreads") = 0,
      "~words [m, wpi] per image block, padding bits kept zero.");
 
-  m.def("combine_blocks", [](int op, const py::array& a, const py::array& ia, const py::array& b,
+  m.def("combine_blocks", [](const py::array& ops, const py::array& a, const py::array& ia, const py::array& b,
                              const py::array& ib, int nthreads) {
-    const BinaryOp bop = check_op(op);
+    const uint8_t* pops = check<uint8_t>(ops, "ops", 1);
     const uint64_t* pa = check<uint64_t>(a, "A.words", 2);
     const uint64_t* pb = check<uint64_t>(b, "B.words", 2);
     const int64_t* pia = check<int64_t>(ia, "ia", 1);
     const int64_t* pib = check<int64_t>(ib, "ib", 1);
-    check_dim(b, "B.words", 1, a.shape(1), "A's words per image");
-    check_dim(ib, "ib", 0, ia.shape(0), "len(ia)");
-    const int64_t rows = ia.shape(0), wpi = a.shape(1);
+    check_dim(b, "B.words", 1, a.shape(1), "A's words per block");
+    check_dim(ia, "ia", 0, ops.shape(0), "len(ops)");
+    check_dim(ib, "ib", 0, ops.shape(0), "len(ops)");
+    const int64_t rows = ops.shape(0), wpi = a.shape(1);
     for (int64_t t = 0; t < rows; ++t) {
+      check_op(pops[t]);
       if (pia[t] < -1 || pia[t] >= a.shape(0))
         throw py::value_error("ia: block index " + std::to_string(pia[t]) + " outside [-1, " +
                               std::to_string(a.shape(0)) + ")");
@@ -229,11 +231,12 @@ PYBIND11_MODULE(_C, m) {
     uint64_t* o = out.mutable_data();
     {
       py::gil_scoped_release release;
-      combine_blocks(bop, pa, pia, pb, pib, rows, wpi, o, nthreads);
+      combine_blocks(pops, pa, pia, pb, pib, rows, wpi, o, nthreads);
     }
     return out;
-  }, py::arg("op"), py::arg("a"), py::arg("ia"), py::arg("b"), py::arg("ib"), py::arg("nthreads") = 0,
-     "out[t] = A[ia[t]] op B[ib[t]] over blocks of wpi words; index -1 is a zero block.");
+  }, py::arg("ops"), py::arg("a"), py::arg("ia"), py::arg("b"), py::arg("ib"), py::arg("nthreads") = 0,
+     "out[t] = A[ia[t]] ops[t] B[ib[t]] over blocks of wpi words (ops uint8: 0 and, 1 or, 2 and_not); "
+     "index -1 is a zero block.");
 
   m.def("nonzero_blocks", [](const py::array& words, int nthreads) {
     const uint64_t* w = check<uint64_t>(words, "words", 2);

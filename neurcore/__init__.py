@@ -10,6 +10,10 @@ are enough"). Native kernels: C++ (``neurcore._C``, always built), CUDA
 from ._backends import backends, cpu_level, set_cpu_level, usable_cpu_levels
 from ._bitmasks import SPARSE_OCCUPANCY, BitMasks, BitMasksBuilder, sparse_threshold
 from ._ops import intersect_counts
+from ._npz import InputError, search_npz
+from .formula import Formula, parse
+from .results import Explanation
+from .rules import BeamSearch, ConceptSet, NetworkDissection, search
 
 __version__ = "0.1.0"
 
@@ -19,6 +23,15 @@ __all__ = [
     "SPARSE_OCCUPANCY",
     "sparse_threshold",
     "intersect_counts",
+    "Formula",
+    "parse",
+    "ConceptSet",
+    "NetworkDissection",
+    "BeamSearch",
+    "search",
+    "search_npz",
+    "Explanation",
+    "InputError",
     "backends",
     "cpu_level",
     "set_cpu_level",

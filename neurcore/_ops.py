@@ -109,17 +109,26 @@ def not_blocks(words, pixels_per_image: int):
     return out
 
 
-def combine_blocks(op: str, a, ia, b, ib):
-    """out[t] = A[ia[t]] op B[ib[t]]; ia/ib are host int64 arrays, -1 is a zero block."""
+def combine_blocks(ops, a, ia, b, ib):
+    """out[t] = A[ia[t]] op_t B[ib[t]] over blocks of words; -1 is a zero block.
+
+    ops: one op name for every block, or a uint8 array of codes (0 and, 1 or,
+    2 and_not), one per block. ia, ib: host int64 arrays. A "block" is any
+    run of a.shape[1] words: an image block, or a whole dense row.
+    """
+    m = len(ia)
+    codes = np.full(m, OPS[ops], dtype=np.uint8) if isinstance(ops, str) else np.ascontiguousarray(ops, np.uint8)
     if not is_torch(a):
-        return _C.combine_blocks(OPS[op], a, ia, b, ib)
+        return _C.combine_blocks(codes, a, np.ascontiguousarray(ia, np.int64), b, np.ascontiguousarray(ib, np.int64))
     import torch
 
-    ia_d = torch.from_numpy(np.ascontiguousarray(ia, dtype=np.int64)).to(a.device)
-    ib_d = torch.from_numpy(np.ascontiguousarray(ib, dtype=np.int64)).to(a.device)
+    if codes.size and codes.max() > 2:
+        raise ValueError("ops: codes must be 0 (and), 1 (or) or 2 (and_not)")
+    ia_d, ib_d = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(a.device) for x in (ia, ib))
+    ops_d = torch.from_numpy(codes).to(a.device)
     fn, stream = _cuda_call("combine_blocks", a, b, ia_d, ib_d)
-    out = torch.empty((len(ia), a.shape[1]), dtype=torch.int64, device=a.device)
-    fn(OPS[op], _ptr(a), _ptr(ia_d), _ptr(b), _ptr(ib_d), len(ia), a.shape[1], _ptr(out), stream)
+    out = torch.empty((m, a.shape[1]), dtype=torch.int64, device=a.device)
+    fn(_ptr(ops_d), _ptr(a), _ptr(ia_d), _ptr(b), _ptr(ib_d), m, a.shape[1], _ptr(out), stream)
     return out
 
 

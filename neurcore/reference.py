@@ -87,11 +87,13 @@ def not_blocks(words: np.ndarray, pixels_per_image: int) -> np.ndarray:
     return pack_bits(~bits)
 
 
-def combine_blocks(op: str, a_words, ia, b_words, ib) -> np.ndarray:
-    """out[t] = A[ia[t]] op B[ib[t]]; index -1 is an all-zero block."""
+def combine_blocks(ops, a_words, ia, b_words, ib) -> np.ndarray:
+    """out[t] = A[ia[t]] op_t B[ib[t]] (ops: a name, or one code 0/1/2 per block); -1 is a zero block."""
+    names = {v: k for k, v in OPS.items()}
     wpi = a_words.shape[1]
     out = np.zeros((len(ia), wpi), dtype=np.uint64)
     for t, (i, j) in enumerate(zip(ia, ib)):
+        op = ops if isinstance(ops, str) else names[int(ops[t])]
         x = a_words[i] if i >= 0 else np.zeros(wpi, np.uint64)
         y = b_words[j] if j >= 0 else np.zeros(wpi, np.uint64)
         out[t] = binary_op(op, x, y)
@@ -112,3 +114,39 @@ def sparse_to_dense_words(indptr, images, words, n_images: int) -> np.ndarray:
         for q in range(indptr[r], indptr[r + 1]):
             out[r, images[q]] |= words[q]
     return out
+
+
+def beam_search(unit_mask: np.ndarray, concept_masks: np.ndarray, names, length: int = 3, beam: int = 5):
+    """Compositional beam search that builds every candidate's mask, one at a time, as compexp does.
+
+    unit_mask: bool [...]; concept_masks: bool [n_concepts, ...] over the same
+    samples. Same rules as ``neurcore.rules.BeamSearch``: first beam = the
+    ``beam`` concepts of highest non-zero IoU; then F OR C, F AND C, F AND NOT C
+    for every beam formula and concept; stable ordering (beam first, then
+    candidates by beam position, concept, operator); IoU = I / U exactly.
+    Returns the final beam as [(formula string, iou)], best first ([] when no
+    concept overlaps the unit).
+    """
+    from .formula import quote
+
+    a = np.asarray(unit_mask, dtype=bool).reshape(-1)
+    concepts = np.asarray(concept_masks, dtype=bool).reshape(len(concept_masks), -1)
+
+    def iou(mask):
+        union = int(np.logical_or(mask, a).sum())
+        return int(np.logical_and(mask, a).sum()) / union if union else 0.0
+
+    first = [(quote(str(n)), c, iou(c)) for n, c in zip(names, concepts)]
+    current = sorted([f for f in first if f[2] > 0], key=lambda f: -f[2])[:beam]
+    for _ in range(length - 1):
+        pool = list(current)
+        keys = {key for key, _, _ in current}
+        for key, mask, _ in current:
+            for name, c in zip(names, concepts):
+                for op, new in (("OR", mask | c), ("AND", mask & c), ("AND NOT", mask & ~c)):
+                    new_key = f"({key} {op} {quote(str(name))})"
+                    if new_key not in keys:
+                        keys.add(new_key)
+                        pool.append((new_key, new, iou(new)))
+        current = sorted(pool, key=lambda f: -f[2])[:beam]
+    return [(key, score) for key, _, score in current]

@@ -31,15 +31,8 @@ void binary_dense_op(const uint64_t* a, int64_t na, const uint64_t* b, int64_t n
 }
 
 template <BinaryOp Op>
-void combine_blocks_op(const uint64_t* a, const int64_t* ia, const uint64_t* b, const int64_t* ib,
-                       int64_t m, int64_t wpi, uint64_t* out, int nthreads) {
-#pragma omp parallel for schedule(static) num_threads(resolve_threads(nthreads)) if (m * wpi > (1 << 16))
-  for (int64_t t = 0; t < m; ++t) {
-    uint64_t* po = out + t * wpi;
-    const uint64_t* pa = ia[t] >= 0 ? a + ia[t] * wpi : nullptr;
-    const uint64_t* pb = ib[t] >= 0 ? b + ib[t] * wpi : nullptr;
-    for (int64_t w = 0; w < wpi; ++w) po[w] = apply<Op>(pa ? pa[w] : 0, pb ? pb[w] : 0);
-  }
+inline void combine_one(const uint64_t* pa, const uint64_t* pb, int64_t wpi, uint64_t* po) {
+  for (int64_t w = 0; w < wpi; ++w) po[w] = apply<Op>(pa ? pa[w] : 0, pb ? pb[w] : 0);
 }
 
 }  // namespace
@@ -53,13 +46,18 @@ void binary_dense(BinaryOp op, const uint64_t* a, int64_t na, const uint64_t* b,
   }
 }
 
-void combine_blocks(BinaryOp op, const uint64_t* a, const int64_t* ia, const uint64_t* b,
+void combine_blocks(const uint8_t* ops, const uint64_t* a, const int64_t* ia, const uint64_t* b,
                     const int64_t* ib, int64_t m, int64_t wpi, uint64_t* out, int nthreads) {
-  switch (op) {
-    case BinaryOp::kAnd: return combine_blocks_op<BinaryOp::kAnd>(a, ia, b, ib, m, wpi, out, nthreads);
-    case BinaryOp::kOr: return combine_blocks_op<BinaryOp::kOr>(a, ia, b, ib, m, wpi, out, nthreads);
-    case BinaryOp::kAndNot:
-      return combine_blocks_op<BinaryOp::kAndNot>(a, ia, b, ib, m, wpi, out, nthreads);
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(nthreads)) if (m * wpi > (1 << 16))
+  for (int64_t t = 0; t < m; ++t) {
+    const uint64_t* pa = ia[t] >= 0 ? a + ia[t] * wpi : nullptr;
+    const uint64_t* pb = ib[t] >= 0 ? b + ib[t] * wpi : nullptr;
+    uint64_t* po = out + t * wpi;
+    switch (static_cast<BinaryOp>(ops[t])) {
+      case BinaryOp::kAnd: combine_one<BinaryOp::kAnd>(pa, pb, wpi, po); break;
+      case BinaryOp::kOr: combine_one<BinaryOp::kOr>(pa, pb, wpi, po); break;
+      case BinaryOp::kAndNot: combine_one<BinaryOp::kAndNot>(pa, pb, wpi, po); break;
+    }
   }
 }
 

@@ -60,8 +60,9 @@ void binary_dense(BinaryOp op, const uint64_t* a, int64_t na, const uint64_t* b,
 // out[m][wpi] = ~a with each block's padding bits (beyond pixels_per_image) cleared.
 void not_blocks(const uint64_t* a, int64_t m, int64_t wpi, int64_t pixels_per_image, uint64_t* out,
                 int nthreads);
-// out[t] = A[ia[t]] op B[ib[t]] for m block pairs; an index of -1 stands for a zero block.
-void combine_blocks(BinaryOp op, const uint64_t* a, const int64_t* ia, const uint64_t* b,
+// out[t] = A[ia[t]] ops[t] B[ib[t]] for m block pairs (ops[t] a BinaryOp); an index of -1
+// stands for a zero block. A "block" is any run of wpi words: an image block, or a whole row.
+void combine_blocks(const uint8_t* ops, const uint64_t* a, const int64_t* ia, const uint64_t* b,
                     const int64_t* ib, int64_t m, int64_t wpi, uint64_t* out, int nthreads);
 // out[t] = 1 if block t has any bit set.
 void nonzero_blocks(const uint64_t* words, int64_t m, int64_t wpi, uint8_t* out, int nthreads);

@@ -89,12 +89,11 @@ PYBIND11_MODULE(_cuda, m) {
     py::gil_scoped_release release;
     nc::not_blocks(ptr<const uint64_t>(a), rows, wpi, pixels_per_image, ptr<uint64_t>(out), stream_of(s));
   });
-  m.def("combine_blocks", [](int op, std::uintptr_t a, std::uintptr_t ia, std::uintptr_t b, std::uintptr_t ib,
-                             int64_t rows, int64_t wpi, std::uintptr_t out, std::uintptr_t s) {
-    if (op < 0 || op > 2) throw py::value_error("op: expected 0 (and), 1 (or) or 2 (and_not)");
+  m.def("combine_blocks", [](std::uintptr_t ops, std::uintptr_t a, std::uintptr_t ia, std::uintptr_t b,
+                             std::uintptr_t ib, int64_t rows, int64_t wpi, std::uintptr_t out, std::uintptr_t s) {
     py::gil_scoped_release release;
-    nc::combine_blocks(op, ptr<const uint64_t>(a), ptr<const int64_t>(ia), ptr<const uint64_t>(b),
-                       ptr<const int64_t>(ib), rows, wpi, ptr<uint64_t>(out), stream_of(s));
+    nc::combine_blocks(ptr<const uint8_t>(ops), ptr<const uint64_t>(a), ptr<const int64_t>(ia),
+                       ptr<const uint64_t>(b), ptr<const int64_t>(ib), rows, wpi, ptr<uint64_t>(out), stream_of(s));
   });
   m.def("nonzero_blocks", [](std::uintptr_t words, int64_t rows, int64_t wpi, std::uintptr_t out, std::uintptr_t s) {
     py::gil_scoped_release release;

@@ -154,13 +154,13 @@ __global__ void not_blocks_kernel(const uint64_t* a, int64_t m, int64_t wpi, uin
     out[t] = (t % wpi == wpi - 1) ? (~a[t] & last_mask) : ~a[t];
 }
 
-__global__ void combine_blocks_kernel(int op, const uint64_t* a, const int64_t* ia, const uint64_t* b,
+__global__ void combine_blocks_kernel(const uint8_t* ops, const uint64_t* a, const int64_t* ia, const uint64_t* b,
                                       const int64_t* ib, int64_t m, int64_t wpi, uint64_t* out) {
   for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < m * wpi; t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t blk = t / wpi, w = t % wpi;
     const uint64_t va = ia[blk] >= 0 ? a[ia[blk] * wpi + w] : 0;
     const uint64_t vb = ib[blk] >= 0 ? b[ib[blk] * wpi + w] : 0;
-    out[t] = apply(op, va, vb);
+    out[t] = apply(ops[blk], va, vb);
   }
 }
 
@@ -225,10 +225,10 @@ void not_blocks(const uint64_t* a, int64_t m, int64_t wpi, int64_t pixels_per_im
   check_launch("not_blocks");
 }
 
-void combine_blocks(int op, const uint64_t* a, const int64_t* ia, const uint64_t* b, const int64_t* ib,
+void combine_blocks(const uint8_t* ops, const uint64_t* a, const int64_t* ia, const uint64_t* b, const int64_t* ib,
                     int64_t m, int64_t wpi, uint64_t* out, cudaStream_t stream) {
   if (m * wpi == 0) return;
-  combine_blocks_kernel<<<grid_for(m * wpi), kThreads, 0, stream>>>(op, a, ia, b, ib, m, wpi, out);
+  combine_blocks_kernel<<<grid_for(m * wpi), kThreads, 0, stream>>>(ops, a, ia, b, ib, m, wpi, out);
   check_launch("combine_blocks");
 }
 

@@ -40,7 +40,8 @@ void binary_dense(int op, const uint64_t* a, int64_t na, const uint64_t* b, int6
                   uint64_t* out, cudaStream_t stream);
 void not_blocks(const uint64_t* a, int64_t m, int64_t wpi, int64_t pixels_per_image, uint64_t* out,
                 cudaStream_t stream);
-void combine_blocks(int op, const uint64_t* a, const int64_t* ia, const uint64_t* b, const int64_t* ib,
+// out[t] = A[ia[t]] ops[t] B[ib[t]]; index -1 is a zero block.
+void combine_blocks(const uint8_t* ops, const uint64_t* a, const int64_t* ia, const uint64_t* b, const int64_t* ib,
                     int64_t m, int64_t wpi, uint64_t* out, cudaStream_t stream);
 void nonzero_blocks(const uint64_t* words, int64_t m, int64_t wpi, bool* out, cudaStream_t stream);
 

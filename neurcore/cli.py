@@ -1,0 +1,106 @@
+"""The ``neurcore`` command line: ``search`` (the backend other tools call), ``demo`` and ``backends``.
+
+Bad input gets one line on stderr naming the problem and exit code 2; no
+partial output file is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {value}")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="neurcore", description="Explain what the units of deep networks have learned.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("search", help="explain units by rules over concepts (Network Dissection, beam search)",
+                       description="Explain every unit of U.npz by a formula over the concepts of C.npz; "
+                                   "one JSON object per unit in the output.")
+    s.add_argument("--concepts", required=True, metavar="C.npz",
+                   help="masks: bool [n_concepts, n_images, ...]; names: strings [n_concepts]; optional categories")
+    s.add_argument("--units", required=True, metavar="U.npz",
+                   help="masks: bool [n_units, n_images, ...], or activations: real, same shape")
+    s.add_argument("--out", required=True, metavar="R.jsonl", help="output, one JSON object per unit")
+    s.add_argument("--method", choices=["dissect", "beam"], default="beam", help="default: beam")
+    s.add_argument("--length", type=_positive_int, default=3, help="maximum formula length (default 3)")
+    s.add_argument("--beam", type=_positive_int, default=5, help="beam width (default 5, as compexp)")
+    s.add_argument("--quantile", type=_fraction, default=0.005,
+                   help="top quantile that binarizes activations (default 0.005)")
+    s.add_argument("--threshold", type=float, default=0.04, help="detector IoU threshold (default 0.04)")
+    s.add_argument("--category", default=None, help="dissect: consider only concepts of this category")
+    s.add_argument("--layer", default=None, help="layer name to record in the results")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to count (default cpu)")
+
+    demo = sub.add_parser("demo", help="explain planted units of a synthetic concept set with the mask engine")
+    demo.add_argument("--images", type=_positive_int, default=2000, help="probe images (default 2000)")
+    demo.add_argument("--concepts", type=int, default=300, help="concepts (default 300, at least 13)")
+    demo.add_argument("--side", type=_positive_int, default=56, help="mask side in pixels (default 56)")
+    demo.add_argument("--seed", type=int, default=0)
+    sub.add_parser("backends", help="print which native backends are built and usable, as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "search":
+        return _search(args)
+    if args.command == "backends":
+        from . import backends
+
+        print(json.dumps(backends(), indent=2))
+        return 0
+    if args.concepts < 13:
+        parser.error("demo needs --concepts >= 13 (the planted units use c0..c12)")
+    from . import _demo
+
+    result = _demo.run(n_images=args.images, n_concepts=args.concepts, side=args.side, seed=args.seed)
+    return 0 if result["found"] == result["planted"] else 1
+
+
+def _search(args) -> int:
+    from ._npz import InputError, search_npz
+
+    t0 = time.perf_counter()
+    try:
+        results = search_npz(args.concepts, args.units, args.out, method=args.method, length=args.length,
+                             beam=args.beam, quantile=args.quantile, threshold=args.threshold,
+                             category=args.category, layer=args.layer, device=args.device)
+    except (InputError, ValueError, RuntimeError, ImportError) as exc:
+        print(f"neurcore search: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"neurcore search: {len(results)} units, method {args.method}, {time.perf_counter() - t0:.2f} s "
+          f"-> {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""One result schema for every explanation method: one JSON object per unit.
+
+Every method fills the common fields (``unit``, ``method``, ``formula``,
+``iou``); the rest is optional, and a method that needs more adds a field
+here (with a default) rather than a format of its own. ``formula`` is the
+canonical string of :mod:`neurcore.formula` (null when no concept overlaps
+the unit at all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterable
+
+__all__ = ["Explanation", "write_jsonl", "read_jsonl"]
+
+
+@dataclass
+class Explanation:
+    """The explanation of one unit.
+
+    unit: index of the unit in its layer. method: "dissect", "beam", ...
+    formula: canonical formula string, or None. iou: its IoU with the unit mask.
+    length: concepts in the formula. layer: layer name, when known.
+    categories: category of each concept in the formula, when the probe has them.
+    detector: Network Dissection's verdict, iou > threshold.
+    counts: pixel counts behind the IoU: ``unit`` |A|, ``formula`` |F|,
+    ``intersection`` |F and A|, ``union`` |F or A| (iou = intersection / union).
+    metrics: ``activation_coverage`` |F and A| / |A|, ``detection_accuracy``
+    |F and A| / |F|, ``sample_coverage`` (images where F meets A over images
+    with F), ``explanation_coverage`` (same over images with A).
+    beam: the final beam, best first: ``[{"formula": str, "iou": float}, ...]``.
+    extra: method-specific values that do not deserve a field yet.
+    """
+
+    unit: int
+    method: str
+    formula: str | None
+    iou: float
+    length: int = 0
+    layer: str | None = None
+    categories: list[str] | None = None
+    detector: bool | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    beam: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Explanation":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:  # written by a newer neurcore: keep what we do not know in extra
+            extras = {k: d[k] for k in unknown}
+            d = {k: v for k, v in d.items() if k in known}
+            d["extra"] = {**d.get("extra", {}), **extras}
+        return cls(**d)
+
+
+def write_jsonl(path: str | os.PathLike, results: Iterable[Explanation]) -> None:
+    """Write one JSON object per line, atomically: the file appears whole or not at all."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            for r in results:
+                f.write(r.to_json() + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Explanation]:
+    with open(path) as f:
+        return [Explanation.from_dict(json.loads(line)) for line in f if line.strip()]
