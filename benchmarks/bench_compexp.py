@@ -55,7 +55,8 @@ def test_neurcore(benchmark, world):
     out = benchmark.pedantic(intersect_counts, (rows, concepts), rounds=5, iterations=1, warmup_rounds=1)
     per_row = benchmark.stats.stats.median / rows.n
     projected = per_row * UNITS * ROWS_PER_UNIT
-    benchmark.extra_info.update(info, role="neurcore", pairs=rows.n * concepts.n, cpu_level=neurcore.cpu_level(),
+    benchmark.extra_info.update(info, role="neurcore", per="row pair", work=rows.n * concepts.n,
+                                cpu_level=neurcore.cpu_level(),
                                 seconds_per_row=round(per_row, 5),
                                 row_pairs_per_s=round(rows.n * concepts.n / benchmark.stats.stats.median),
                                 projected_compexp_search_s=round(projected, 1))
@@ -70,6 +71,6 @@ def test_numpy_pair_loop(benchmark, world):
     benchmark.group = GROUP
     a = [rows[i].to_dense() for i in (0, 15)]
     b = [concepts[j].to_dense() for j in (0, 700)]
-    benchmark.extra_info.update(role="baseline", pairs=len(a) * len(b))
+    benchmark.extra_info.update(role="baseline", per="row pair", work=len(a) * len(b))
     out = benchmark.pedantic(lambda: [[np.logical_and(x, y).sum() for y in b] for x in a], rounds=2, iterations=1)
     assert out[1][0] == intersect_counts(rows[15], concepts[0])[0, 0]

@@ -34,7 +34,8 @@ def case(request):
 def test_neurcore(benchmark, case):
     name, a, b, _, _, expect = case
     benchmark.group = f"{N_A}x{N_B} rows over {N_IMAGES}x{SIDE}x{SIDE}, {name}"
-    benchmark.extra_info.update(role="neurcore", pairs=N_A * N_B, layouts=f"{a.layout} x {b.layout}",
+    benchmark.extra_info.update(role="neurcore", per="row pair", work=N_A * N_B,
+                                layouts=f"{a.layout} x {b.layout}",
                                 cpu_level=neurcore.cpu_level(), mib=round((a.nbytes + b.nbytes) / 2**20, 1))
     out = benchmark(intersect_counts, a, b)
     assert np.array_equal(out, expect)
@@ -43,7 +44,7 @@ def test_neurcore(benchmark, case):
 def test_blas_float32_gemm(benchmark, case):
     name, _, _, fa, fb, expect = case
     benchmark.group = f"{N_A}x{N_B} rows over {N_IMAGES}x{SIDE}x{SIDE}, {name}"
-    benchmark.extra_info.update(role="baseline", pairs=N_A * N_B)
+    benchmark.extra_info.update(role="baseline", per="row pair", work=N_A * N_B)
     out = benchmark.pedantic(lambda: fa @ fb.T, rounds=3, iterations=1, warmup_rounds=1)
     assert np.array_equal(out.astype(np.int64), expect)
 
@@ -53,7 +54,7 @@ def test_numpy_pair_loop(benchmark, case):
     benchmark.group = f"{N_A}x{N_B} rows over {N_IMAGES}x{SIDE}x{SIDE}, {name}"
     na, nb = PAIR_SUBSET
     da, db = a[:na].to_dense(), b[:nb].to_dense()
-    benchmark.extra_info.update(role="baseline", pairs=na * nb)
+    benchmark.extra_info.update(role="baseline", per="row pair", work=na * nb)
 
     def loop():
         return np.array([[np.logical_and(x, y).sum() for y in db] for x in da])
@@ -72,7 +73,8 @@ def test_dense_by_cpu_level(benchmark, level):
     neurcore.set_cpu_level(level)
     try:
         benchmark.group = f"dense {N_A}x120 rows by CPU level"
-        benchmark.extra_info.update(role="baseline" if level == "generic" else "neurcore", pairs=N_A * 120)
+        benchmark.extra_info.update(role="baseline" if level == "generic" else "neurcore", per="row pair",
+                                    work=N_A * 120)
         out = benchmark(intersect_counts, a, b)
     finally:
         neurcore.set_cpu_level(before)

@@ -221,13 +221,15 @@ class BeamSearch:
     def __init__(self, concepts: ConceptSet):
         self.concepts = concepts
 
-    def explain(self, units: BitMasks, *, length: int = 3, beam: int = 5,
-                layer: str | None = None) -> list[Explanation]:
+    def explain(self, units: BitMasks, *, length: int = 3, beam: int = 5, layer: str | None = None,
+                memory_budget: int = 1 << 30) -> list[Explanation]:
         """One Explanation per unit, with the final beam and the counts behind the IoU.
 
         length: maximum formula length (concepts), >= 1. beam: beam width, >= 1
-        (compexp's BEAM_SIZE = 5). ``extra["candidates"]`` is the number of
-        candidate formulas scored for the unit.
+        (compexp's BEAM_SIZE = 5). memory_budget: bytes the materialized beam
+        formulas may take; units are searched in batches that fit it (each
+        batch reads every concept row once per step). ``extra["candidates"]``
+        is the number of candidate formulas scored for the unit.
         """
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
@@ -235,10 +237,36 @@ class BeamSearch:
             raise ValueError(f"beam must be >= 1, got {beam}")
         concepts = self.concepts
         _check_units(units, concepts)
+        C = concepts.masks
+        c_cnt = _host(C.count()).astype(np.int64)
+        cc = _host(intersect_counts(C, C)) if length > 1 else None  # |C_i ∧ C_j| for the first step
+        batch = self._units_per_batch(units, beam, memory_budget)
+        out: list[Explanation] = []
+        for start in range(0, units.n, batch):
+            part = self._explain_batch(units[start : start + batch], length, beam, layer, c_cnt, cc)
+            for r in part:
+                r.unit += start
+            out.extend(part)
+        return out
+
+    def _units_per_batch(self, units: BitMasks, beam: int, budget: int) -> int:
+        """Units whose beam rows (F and F AND A per slot) fit in ``budget`` bytes, estimated from the
+        mean size of the largest tenth of the concept rows (beam formulas favour common concepts)."""
+        C = self.concepts.masks
+        if C.layout == "dense" or C.n == 0:
+            concept_row = C.n_images * C.words_per_image * 8
+        else:
+            blocks = np.sort(np.diff(_host(C._indptr)))[::-1][: max(1, C.n // 10)]
+            concept_row = float(blocks.mean()) * (C.words_per_image * 8 + 8)
+        unit_row = units.nbytes / max(units.n, 1)
+        per_unit = beam * (2 * concept_row + unit_row)
+        return max(1, int(budget // max(per_unit, 1)))
+
+    def _explain_batch(self, units, length, beam, layer, c_cnt, cc) -> list[Explanation]:
+        concepts = self.concepts
         C, names = concepts.masks, concepts.names
         n_u, n_c, B = units.n, concepts.n, beam
         a_cnt = _host(units.count()).astype(np.int64)
-        c_cnt = _host(C.count()).astype(np.int64)
         ca = _host(intersect_counts(units, C)).astype(np.int64)  # |C∧A| [n_u, n_c]
         iou1 = _iou(ca, a_cnt[:, None] + c_cnt[None, :] - ca)
         slot_unit = np.repeat(np.arange(n_u), B)                # unit of beam slot u * B + b
@@ -256,7 +284,6 @@ class BeamSearch:
         f_src = C  # first beam: the concept rows themselves, not copied
         fa = _combine_rows("and", C, f_idx, units, np.where(f_idx >= 0, slot_unit, -1))
         scored = np.full(n_u, n_c, dtype=np.int64)
-        cc = _host(intersect_counts(C, C)) if length > 1 else None  # |C_i ∧ C_j| for the first step
 
         for step in range(length - 1):
             live = f_idx >= 0

@@ -137,3 +137,14 @@ def test_search_dispatch_and_errors():
         search(other, concepts)
     with pytest.raises(ValueError, match="duplicate concept name 'a'"):
         ConceptSet(BitMasks.from_dense(np.zeros((2, 1, 1), bool)), ["a", "a"])
+
+
+def test_batches_of_units_give_the_same_results():
+    rng = np.random.default_rng(5)
+    concepts = blob_concepts(rng, 16, 40, (8, 8))
+    units, _ = plant_units(rng, concepts, 11)
+    whole = BeamSearch(concepts).explain(units)
+    bs = BeamSearch(concepts)
+    assert bs._units_per_batch(units, 5, 30_000) < 11
+    batched = bs.explain(units, memory_budget=30_000)
+    assert [r.to_dict() for r in batched] == [r.to_dict() for r in whole]
