@@ -65,3 +65,19 @@ def test_cuda_large_dense_tiles():
     a, b = random_masks(rng, 130, (3, 700), "dense"), random_masks(rng, 67, (3, 700), "dense")
     got = intersect_counts(BitMasks.from_dense(a, "dense").to("cuda"), BitMasks.from_dense(b, "dense").to("cuda"))
     assert np.array_equal(host(got), flat(a) @ flat(b).T)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_rule_search_equals_cpu(layout):
+    from neurcore import BeamSearch, ConceptSet, NetworkDissection
+    from neurcore.planted import blob_concepts, plant_units
+
+    rng = np.random.default_rng(3)
+    concepts = blob_concepts(rng, 20, 60, (8, 8))
+    concepts = ConceptSet(concepts.masks.as_layout(layout), concepts.names, concepts.categories)
+    units, _ = plant_units(rng, concepts, 9)
+    gpu_concepts, gpu_units = concepts.to("cuda"), units.as_layout(layout).to("cuda")
+    for explainer in (BeamSearch, NetworkDissection):
+        cpu = [r.to_dict() for r in explainer(concepts).explain(units)]
+        gpu = [r.to_dict() for r in explainer(gpu_concepts).explain(gpu_units)]
+        assert gpu == cpu
