@@ -10,7 +10,8 @@ are enough"). Native kernels: C++ (``neurcore._C``, always built), CUDA
 from ._backends import backends, cpu_level, set_cpu_level, usable_cpu_levels
 from ._bitmasks import SPARSE_OCCUPANCY, BitMasks, BitMasksBuilder, sparse_threshold
 from ._ops import intersect_counts
-from ._npz import InputError, search_npz
+from ._npz import search_npz
+from .errors import InputError
 from .formula import Formula, parse
 from .results import Explanation
 from .rules import BeamSearch, ConceptSet, NetworkDissection, search

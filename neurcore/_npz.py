@@ -16,13 +16,10 @@ import zipfile
 import numpy as np
 
 from ._bitmasks import BitMasks
+from .errors import InputError
 from .rules import ConceptSet
 
 __all__ = ["InputError", "load_concepts", "load_units", "binarize_top_quantile", "search_npz"]
-
-
-class InputError(ValueError):
-    """Bad input file or array; the message names the file, the array and what is wrong."""
 
 
 def _open(path) -> dict:

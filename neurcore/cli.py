@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -59,6 +60,25 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", default=None, help="layer name to record in the results")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to count (default cpu)")
 
+    d = sub.add_parser("dissect", help="dissect layers of a model on a probe: results and an HTML report",
+                       description="Run a model over a probe, binarize each unit at its top quantile and explain "
+                                   "it by rules over the probe's concepts. Re-running with the same --out resumes.")
+    d.add_argument("--model", default="default", help="default (embedded, trained on first use), resnet18, "
+                   "resnet50 or vit_b_16")
+    d.add_argument("--weights", default=None, metavar="FILE", help="state dict for a torchvision model")
+    d.add_argument("--layer", action="append", required=True, metavar="NAME",
+                   help="dotted layer name (repeat for several), e.g. conv4 or layer4")
+    d.add_argument("--probe", default="default", help="default (synthetic world), broden:DIR or folder:DIR")
+    d.add_argument("--probe-images", type=_positive_int, default=None,
+                   help="images in the synthetic world (default 3000)")
+    d.add_argument("--method", choices=["dissect", "beam"], default="dissect", help="default: dissect")
+    d.add_argument("--length", type=_positive_int, default=3, help="beam: maximum formula length (default 3)")
+    d.add_argument("--beam", type=_positive_int, default=5, help="beam: width (default 5)")
+    d.add_argument("--quantile", type=_fraction, default=0.005, help="top quantile per unit (default 0.005)")
+    d.add_argument("--batch-size", type=_positive_int, default=64)
+    d.add_argument("--out", required=True, metavar="DIR", help="output directory (results, cache, report)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+
     demo = sub.add_parser("demo", help="explain planted units of a synthetic concept set with the mask engine")
     demo.add_argument("--images", type=_positive_int, default=2000, help="probe images (default 2000)")
     demo.add_argument("--concepts", type=int, default=300, help="concepts (default 300, at least 13)")
@@ -73,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "search":
         return _search(args)
+    if args.command == "dissect":
+        return _dissect(args)
     if args.command == "backends":
         from . import backends
 
@@ -99,6 +121,27 @@ def _search(args) -> int:
         return 2
     print(f"neurcore search: {len(results)} units, method {args.method}, {time.perf_counter() - t0:.2f} s "
           f"-> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _dissect(args) -> int:
+    from .dissect import dissect
+    from .errors import InputError
+
+    t0 = time.perf_counter()
+    try:
+        results = dissect(args.model, args.layer, args.probe, method=args.method, length=args.length,
+                          beam=args.beam, out_dir=args.out, weights=args.weights, quantile=args.quantile,
+                          batch_size=args.batch_size, probe_images=args.probe_images, progress=not args.quiet)
+    except (InputError, ValueError, RuntimeError) as exc:
+        print(f"neurcore dissect: error: {exc}", file=sys.stderr)
+        return 2
+    planted = [r for r in results if r.planted]
+    summary = f"{len(results)} units in {len(args.layer)} layer(s), {time.perf_counter() - t0:.1f} s"
+    if planted:
+        found = sum(r.planted["recovered"] for r in planted)
+        summary += f"; recovered {found} of {len(planted)} planted units ({100.0 * found / len(planted):.1f}%)"
+    print(f"neurcore dissect: {summary}\n  report: {os.path.join(args.out, 'report', 'index.html')}")
     return 0
 
 

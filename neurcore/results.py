@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
 
-__all__ = ["Explanation", "write_jsonl", "read_jsonl"]
+__all__ = ["Explanation", "write_jsonl", "read_jsonl", "write_csv", "CSV_COLUMNS"]
 
 
 @dataclass
@@ -33,6 +33,8 @@ class Explanation:
     |F and A| / |F|, ``sample_coverage`` (images where F meets A over images
     with F), ``explanation_coverage`` (same over images with A).
     beam: the final beam, best first: ``[{"formula": str, "iou": float}, ...]``.
+    planted: for a planted unit, ``{"formula": its known formula, "iou": that formula's IoU,
+    "recovered": iou >= planted iou}``.
     extra: method-specific values that do not deserve a field yet.
     """
 
@@ -47,6 +49,7 @@ class Explanation:
     counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     beam: list[dict[str, Any]] = field(default_factory=list)
+    planted: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -86,3 +89,35 @@ def write_jsonl(path: str | os.PathLike, results: Iterable[Explanation]) -> None
 def read_jsonl(path: str | os.PathLike) -> list[Explanation]:
     with open(path) as f:
         return [Explanation.from_dict(json.loads(line)) for line in f if line.strip()]
+
+
+CSV_COLUMNS = ["layer", "unit", "method", "formula", "iou", "length", "categories", "detector", "unit_pixels",
+               "formula_pixels", "intersection", "union", "activation_coverage", "detection_accuracy",
+               "sample_coverage", "explanation_coverage", "planted_formula", "planted_iou", "recovered"]
+
+
+def write_csv(path: str | os.PathLike, results: Iterable[Explanation]) -> None:
+    """The results as one CSV row per unit (columns ``CSV_COLUMNS``), written atomically."""
+    import csv
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_COLUMNS)
+            for r in results:
+                c, m, p = r.counts, r.metrics, r.planted or {}
+                w.writerow([r.layer or "", r.unit, r.method, r.formula or "", r.iou, r.length,
+                            ";".join(r.categories or []), "" if r.detector is None else int(r.detector),
+                            c.get("unit", ""), c.get("formula", ""), c.get("intersection", ""), c.get("union", ""),
+                            m.get("activation_coverage", ""), m.get("detection_accuracy", ""),
+                            m.get("sample_coverage", ""), m.get("explanation_coverage", ""),
+                            p.get("formula", ""), p.get("iou", ""),
+                            "" if "recovered" not in p else int(p["recovered"])])
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
