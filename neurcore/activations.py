@@ -21,10 +21,10 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 
+from ._atomic import write_json
 from ._bitmasks import BitMasks, BitMasksBuilder
 from .errors import InputError
 
@@ -73,13 +73,6 @@ def as_maps(out):
     raise InputError(f"layer output has shape {tuple(out.shape)}; expected [B, C, h, w], [B, T, C] or [B, C]")
 
 
-def _write_json(path: str, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
 def _read_json(path: str) -> dict | None:
     try:
         with open(path) as f:
@@ -111,13 +104,11 @@ def planted_maps(planted, concept_maps: np.ndarray, names: list[str], size: tupl
     import torch
     import torch.nn.functional as F
 
-    from .probe.synthetic import _evaluate_dense
-
     index = {n: i for i, n in enumerate(names)}
     b = len(concept_maps)
     out = np.zeros((b, len(planted), *size), np.float32)
     for k, unit in enumerate(planted):
-        masks = np.stack([_evaluate_dense(unit.formula, concept_maps[j], index) for j in range(b)])
+        masks = np.stack([unit.formula.evaluate(concept_maps[j], index) for j in range(b)])
         pooled = F.adaptive_avg_pool2d(torch.from_numpy(masks[:, None].astype(np.float32)), size)[:, 0].numpy()
         for j in range(b):
             rng = np.random.default_rng([seed, first_image + j, k])
@@ -169,7 +160,7 @@ def extract(spec, layers: list[str], probe, out_dir: str, *, batch_size: int = 6
                 caches[name][s:e] = maps
             for name in layers:
                 caches[name].flush()
-                _write_json(os.path.join(paths[name], "progress.json"), {"done": e, "shape": list(caches[name].shape)})
+                write_json(os.path.join(paths[name], "progress.json"), {"done": e, "shape": list(caches[name].shape)})
             bar.n = e
             bar.refresh()
     bar.close()

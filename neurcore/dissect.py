@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from . import activations as acts_mod
+from ._atomic import atomic_path, write_json
 from ._bitmasks import BitMasks
 from ._ops import intersect_counts
 from .errors import InputError
@@ -38,11 +39,7 @@ def _manifest(out_dir: str, settings: dict) -> None:
             raise InputError(f"{out_dir}: made with other settings ({', '.join(sorted(changed))}); "
                              "choose another --out to start afresh")
         settings = dict(settings, layers=list(dict.fromkeys(old.get("layers", []) + settings["layers"])))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(settings, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, settings, indent=2)
 
 
 def _concepts(probe, out_dir: str, progress: bool) -> ConceptSet:
@@ -56,10 +53,7 @@ def _concepts(probe, out_dir: str, progress: bool) -> ConceptSet:
     if masks.n == 0:
         raise InputError(f"{probe.name}: the probe has no concepts to explain units with")
     masks.save(path)
-    tmp = names_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"names": probe.concept_names, "categories": probe.concept_categories}, f)
-    os.replace(tmp, names_file)
+    write_json(names_file, {"names": probe.concept_names, "categories": probe.concept_categories})
     return ConceptSet(BitMasks.load(path), probe.concept_names, probe.concept_categories)
 
 
@@ -117,8 +111,8 @@ def dissect(model="default", layers=("conv4",), probe="default", *, method: str 
             thr = np.load(t_file)
         else:
             thr = acts_mod.thresholds(a, quantile)
-            np.save(t_file + ".tmp.npy", thr)
-            os.replace(t_file + ".tmp.npy", t_file)
+            with atomic_path(t_file) as tmp:
+                np.save(tmp, thr)
         m_dir = os.path.join(d, "unit_masks")
         if os.path.isfile(os.path.join(m_dir, "meta.json")):
             masks = BitMasks.load(m_dir)

@@ -41,8 +41,9 @@ class Formula:
         raise NotImplementedError
 
     def evaluate(self, masks: "BitMasks", names: Mapping[str, int] | Sequence[str]) -> "BitMasks":
-        """The formula's mask as a one-row BitMasks, given concept ``masks`` and their ``names``
-        (a sequence aligned with the rows, or a name -> row mapping)."""
+        """The formula's mask, given concept ``masks`` and their ``names`` (a sequence aligned with
+        the rows, or a name -> row mapping). ``masks`` is a BitMasks (the result is a one-row
+        BitMasks) or a bool array [n_concepts, ...] (the result is a bool array [...])."""
         index = names if isinstance(names, Mapping) else {n: i for i, n in enumerate(names)}
         return self._eval(masks, index)
 
@@ -121,7 +122,8 @@ class AndNot(_Binary):
     _op = "AND NOT"
 
     def _eval(self, masks, index):
-        return self.left._eval(masks, index).and_not(self.right._eval(masks, index))
+        left, right = self.left._eval(masks, index), self.right._eval(masks, index)
+        return left.and_not(right) if hasattr(left, "and_not") else left & ~right
 
 
 class FormulaSyntaxError(ValueError):

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._atomic import atomic_path
 from .errors import InputError
 from .formula import Formula, parse
 
@@ -144,11 +144,8 @@ def default_model(*, progress: bool = True) -> ModelSpec:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     else:
         _train(module, world, progress=progress)
-        os.makedirs(cache_dir(), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=".pt")
-        os.close(fd)
-        torch.save(module.state_dict(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(module.state_dict(), tmp)
     module.eval()
     planted = [PlantedUnit("conv4", parse(f)) for f in DEFAULT_PLANTED]
     return ModelSpec(module=module, name="default", input_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),

@@ -16,6 +16,8 @@ from collections import Counter
 
 import numpy as np
 
+from ._atomic import atomic_open
+
 THUMB = 96  # pixels per image in the strips
 
 _CSS = """
@@ -41,10 +43,8 @@ def _page(title: str, body: str) -> str:
 
 
 def _write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def _categories(results) -> list[tuple[str, int, int]]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
+
+from ._atomic import atomic_open
 
 __all__ = ["Explanation", "write_jsonl", "read_jsonl", "write_csv", "CSV_COLUMNS"]
 
@@ -71,19 +72,9 @@ class Explanation:
 
 def write_jsonl(path: str | os.PathLike, results: Iterable[Explanation]) -> None:
     """Write one JSON object per line, atomically: the file appears whole or not at all."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for r in results:
-                f.write(r.to_json() + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path) as f:
+        for r in results:
+            f.write(r.to_json() + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Explanation]:
@@ -100,24 +91,14 @@ def write_csv(path: str | os.PathLike, results: Iterable[Explanation]) -> None:
     """The results as one CSV row per unit (columns ``CSV_COLUMNS``), written atomically."""
     import csv
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(CSV_COLUMNS)
-            for r in results:
-                c, m, p = r.counts, r.metrics, r.planted or {}
-                w.writerow([r.layer or "", r.unit, r.method, r.formula or "", r.iou, r.length,
-                            ";".join(r.categories or []), "" if r.detector is None else int(r.detector),
-                            c.get("unit", ""), c.get("formula", ""), c.get("intersection", ""), c.get("union", ""),
-                            m.get("activation_coverage", ""), m.get("detection_accuracy", ""),
-                            m.get("sample_coverage", ""), m.get("explanation_coverage", ""),
-                            p.get("formula", ""), p.get("iou", ""),
-                            "" if "recovered" not in p else int(p["recovered"])])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for r in results:
+            c, m, p = r.counts, r.metrics, r.planted or {}
+            w.writerow([r.layer or "", r.unit, r.method, r.formula or "", r.iou, r.length,
+                        ";".join(r.categories or []), "" if r.detector is None else int(r.detector),
+                        c.get("unit", ""), c.get("formula", ""), c.get("intersection", ""), c.get("union", ""),
+                        m.get("activation_coverage", ""), m.get("detection_accuracy", ""),
+                        m.get("sample_coverage", ""), m.get("explanation_coverage", ""),
+                        p.get("formula", ""), p.get("iou", ""), "" if "recovered" not in p else int(p["recovered"])])

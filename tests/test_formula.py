@@ -70,5 +70,6 @@ def test_evaluate_matches_numpy(seed):
     f = parse('(a OR "b c") AND NOT d OR NOT e')
     expect = ((m[0] | m[1]) & ~m[2]) | ~m[3]
     assert np.array_equal(f.evaluate(bm, names).to_dense()[0], expect)
+    assert np.array_equal(f.evaluate(m, names), expect)  # also on plain bool arrays
     with pytest.raises(KeyError, match="unknown concept 'zz'"):
         parse("a OR zz").evaluate(bm, names)

@@ -200,7 +200,7 @@ class SyntheticWorld(Probe):
             for _ in range(max_tries):
                 image, *labels = self._draw(rng, forced)
                 concept = self._labels_to_masks(*labels)
-                m = _evaluate_dense(f, concept, self._index)
+                m = f.evaluate(concept, self._index)
                 if m.mean() >= 0.01:
                     images.append(image)
                     masks.append(m)
@@ -224,22 +224,6 @@ def _positive_leaves(f: Formula):
     else:
         yield from _positive_leaves(f.left)
         yield from _positive_leaves(f.right)
-
-
-def _evaluate_dense(f: Formula, concept: np.ndarray, index: dict) -> np.ndarray:
-    from ..formula import And, AndNot, Not, Or
-
-    if isinstance(f, Leaf):
-        return concept[index[f.name]]
-    if isinstance(f, Not):
-        return ~_evaluate_dense(f.operand, concept, index)
-    left, right = _evaluate_dense(f.left, concept, index), _evaluate_dense(f.right, concept, index)
-    if isinstance(f, And):
-        return left & right
-    if isinstance(f, Or):
-        return left | right
-    assert isinstance(f, AndNot)
-    return left & ~right
 
 
 def _shape_mask(shape: str, yy, xx, cy, cx, r, rng) -> np.ndarray:
