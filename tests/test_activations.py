@@ -84,3 +84,24 @@ def test_unit_masks_equal_upsample_then_threshold(seed):
     # Values within float rounding of T may fall either way (torch rounds differently by batch shape).
     ties = np.isclose(up, t[None, :, None, None], rtol=1e-6, atol=0).transpose(1, 0, 2, 3)
     assert np.array_equal(got[~ties], expect[~ties]) and got.any()
+
+
+def test_torchvision_weights_from_a_local_file(tmp_path):
+    import torchvision
+
+    from neurcore.models import load_model
+
+    src = torchvision.models.resnet18(weights=None)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    spec = load_model("resnet18", str(tmp_path / "w.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), spec.module.state_dict().values()))
+    seeded = [load_model("resnet18").module.conv1.weight for _ in range(2)]
+    assert torch.equal(*seeded)  # random weights, but the same in every run
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match=r"bad\.pt: does not fit resnet18"):
+        load_model("resnet18", str(tmp_path / "bad.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(InputError, match=r"junk\.pt: not a readable torch state dict"):
+        load_model("resnet18", str(tmp_path / "junk.pt"))
+    with pytest.raises(InputError, match="model 'alexnet': expected default or one of"):
+        load_model("alexnet")
