@@ -238,6 +238,20 @@ PYBIND11_MODULE(_C, m) {
      "out[t] = A[ia[t]] ops[t] B[ib[t]] over blocks of wpi words (ops uint8: 0 and, 1 or, 2 and_not); "
      "index -1 is a zero block.");
 
+  m.def("largest_rectangles", [](const py::array& masks, int nthreads) {
+    const bool* pm = check<bool>(masks, "masks", 3);
+    const int64_t rows = masks.shape(0), h = masks.shape(1), w = masks.shape(2);
+    py::array_t<int32_t> out(std::vector<py::ssize_t>{rows, 4});
+    int32_t* o = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      largest_rectangles(reinterpret_cast<const uint8_t*>(pm), rows, h, w, o, nthreads);
+    }
+    return out;
+  }, py::arg("masks"), py::arg("nthreads") = 0,
+     "Largest rectangle of set pixels of each mask bool [m, h, w] -> int32 [m, 4] (y0, x0, y1, x1) inclusive; "
+     "(0, 0, -1, -1) when empty.");
+
   m.def("nonzero_blocks", [](const py::array& words, int nthreads) {
     const uint64_t* w = check<uint64_t>(words, "words", 2);
     const int64_t rows = words.shape(0), wpi = words.shape(1);

@@ -118,7 +118,7 @@ def load_units(path, sample_shape: tuple, quantile: float = 0.005) -> BitMasks:
 
 def search_npz(concepts_path, units_path, out=None, *, method: str = "beam", length: int = 3, beam: int = 5,
                quantile: float = 0.005, threshold: float = 0.04, category: str | None = None,
-               layer: str | None = None, device: str = "cpu"):
+               layer: str | None = None, device: str = "cpu", time_budget: float | None = None):
     """``neurcore search`` as a function: load, explain every unit, write ``out`` (JSON lines,
     atomically) when given, and return the list of Explanation."""
     from .results import write_jsonl
@@ -129,11 +129,31 @@ def search_npz(concepts_path, units_path, out=None, *, method: str = "beam", len
     if beam < 1:
         raise InputError(f"beam must be >= 1, got {beam}")
     concepts = load_concepts(concepts_path)
-    units = load_units(units_path, concepts.masks.sample_shape, quantile)
+    activations = None
+    if method == "clustered":
+        activations = load_activations(units_path, concepts.masks.sample_shape)
+        units = BitMasks.zeros(activations.shape[1], concepts.masks.sample_shape)
+    else:
+        units = load_units(units_path, concepts.masks.sample_shape, quantile)
     if device != "cpu":
         concepts, units = concepts.to(device), units.to(device)
     results = search(units, concepts, method=method, length=length, beam=beam, threshold=threshold,
-                     category=category, layer=layer)
+                     category=category, layer=layer, activations=activations, time_budget=time_budget)
     if out is not None:
         write_jsonl(out, results)
     return results
+
+
+def load_activations(path, sample_shape: tuple) -> np.ndarray:
+    """Raw activations of ``U.npz`` as [n_images, n_units, ...] (for clustered explanations)."""
+    data = _open(path)
+    if "activations" not in data:
+        raise InputError(f"{path}: method 'clustered' needs an array 'activations' (has: "
+                         f"{', '.join(sorted(data)) or 'nothing'})")
+    acts = data["activations"]
+    if acts.dtype.kind not in "fiu" or acts.ndim < 2 or tuple(acts.shape[1:]) != tuple(sample_shape):
+        raise InputError(f"{path}: 'activations' must be real [n_units, *{tuple(sample_shape)}], "
+                         f"got dtype {acts.dtype}, shape {acts.shape}")
+    if acts.dtype.kind == "f" and not np.isfinite(acts).all():
+        raise InputError(f"{path}: 'activations' has NaN or infinite values")
+    return np.moveaxis(acts.astype(np.float32, copy=False), 0, 1)

@@ -50,7 +50,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--units", required=True, metavar="U.npz",
                    help="masks: bool [n_units, n_images, ...], or activations: real, same shape")
     s.add_argument("--out", required=True, metavar="R.jsonl", help="output, one JSON object per unit")
-    s.add_argument("--method", choices=["dissect", "beam"], default="beam", help="default: beam")
+    s.add_argument("--method", choices=["dissect", "beam", "optimal", "clustered"], default="beam",
+                   help="default: beam; clustered needs activations in U.npz")
     s.add_argument("--length", type=_positive_int, default=3, help="maximum formula length (default 3)")
     s.add_argument("--beam", type=_positive_int, default=5, help="beam width (default 5, as compexp)")
     s.add_argument("--quantile", type=_fraction, default=0.005,
@@ -59,6 +60,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--category", default=None, help="dissect: consider only concepts of this category")
     s.add_argument("--layer", default=None, help="layer name to record in the results")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to count (default cpu)")
+    s.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="optimal: per-unit time budget; when it runs out the result reports its gap")
 
     d = sub.add_parser("dissect", help="dissect layers of a model on a probe: results and an HTML report",
                        description="Run a model over a probe, binarize each unit at its top quantile and explain "
@@ -71,7 +74,8 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--probe", default="default", help="default (synthetic world), broden:DIR or folder:DIR")
     d.add_argument("--probe-images", type=_positive_int, default=None,
                    help="images in the synthetic world (default 3000)")
-    d.add_argument("--method", choices=["dissect", "beam"], default="dissect", help="default: dissect")
+    d.add_argument("--method", choices=["dissect", "beam", "optimal", "clustered"], default="dissect",
+                   help="default: dissect")
     d.add_argument("--length", type=_positive_int, default=3, help="beam: maximum formula length (default 3)")
     d.add_argument("--beam", type=_positive_int, default=5, help="beam: width (default 5)")
     d.add_argument("--quantile", type=_fraction, default=0.005, help="top quantile per unit (default 0.005)")
@@ -115,7 +119,8 @@ def _search(args) -> int:
     try:
         results = search_npz(args.concepts, args.units, args.out, method=args.method, length=args.length,
                              beam=args.beam, quantile=args.quantile, threshold=args.threshold,
-                             category=args.category, layer=args.layer, device=args.device)
+                             category=args.category, layer=args.layer, device=args.device,
+                             time_budget=args.time_budget)
     except (InputError, ValueError, RuntimeError, ImportError) as exc:
         print(f"neurcore search: error: {exc}", file=sys.stderr)
         return 2

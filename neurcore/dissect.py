@@ -72,7 +72,9 @@ def dissect(model="default", layers=("conv4",), probe="default", *, method: str 
 
     model: "default", a torchvision name, or a :class:`~neurcore.models.ModelSpec`.
     probe: "default", "broden:DIR", "folder:DIR", or a :class:`~neurcore.probe.Probe`.
-    method: "dissect" (best single concept) or "beam" (compositional, ``length``, ``beam``).
+    method: "dissect" (best single concept), "beam" (compositional, ``length``, ``beam``),
+    "optimal" (guaranteed-optimal formulas up to ``length``) or "clustered" (one formula per
+    activation range).
     quantile: top quantile of each unit's activations that makes its mask (0.005).
     Returns the explanations of every unit of every layer.
     """
@@ -83,8 +85,10 @@ def dissect(model="default", layers=("conv4",), probe="default", *, method: str 
     layers = list(dict.fromkeys(layers))
     if not layers:
         raise InputError("dissect: give at least one --layer")
-    if method not in ("dissect", "beam"):
-        raise InputError(f"method must be 'dissect' or 'beam', got {method!r}")
+    from .rules import METHODS
+
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     spec = model if isinstance(model, ModelSpec) else load_model(model, weights, progress=progress)
     for name in layers:
         resolve_layer(spec.module, name)
@@ -122,7 +126,7 @@ def dissect(model="default", layers=("conv4",), probe="default", *, method: str 
             masks = BitMasks.load(m_dir)
         masks_by_layer[name] = masks
         planted = [u for u in spec.planted if u.layer == name] if hasattr(the_probe, "concept_maps") else []
-        all_results.extend(_search_layer(name, d, masks, concepts, method, length, beam, units_per_part, planted))
+        all_results.extend(_search_layer(name, d, masks, a, concepts, method, length, beam, units_per_part, planted))
 
     write_jsonl(os.path.join(out_dir, "results.jsonl"), all_results)
     write_csv(os.path.join(out_dir, "results.csv"), all_results)
@@ -134,7 +138,7 @@ def dissect(model="default", layers=("conv4",), probe="default", *, method: str 
     return all_results
 
 
-def _search_layer(name, d, masks, concepts, method, length, beam, units_per_part, planted) -> list[Explanation]:
+def _search_layer(name, d, masks, acts, concepts, method, length, beam, units_per_part, planted) -> list[Explanation]:
     final = os.path.join(d, "results.jsonl")
     if os.path.isfile(final):
         return read_jsonl(final)
@@ -146,17 +150,30 @@ def _search_layer(name, d, masks, concepts, method, length, beam, units_per_part
         if os.path.isfile(part):
             out.extend(read_jsonl(part))
             continue
-        chunk = search(masks[start : start + units_per_part], concepts, method=method, length=length, beam=beam,
-                       layer=name)
-        for r in chunk:
-            r.unit += start
+        stop = min(masks.n, start + units_per_part)
+        if method == "clustered":
+            from .clustered import ClusteredSearch
+
+            chunk = ClusteredSearch(concepts).explain(acts, length=length, beam=beam, layer=name,
+                                                      units=range(start, stop))
+        else:
+            chunk = search(masks[start:stop], concepts, method=method, length=length, beam=beam, layer=name)
+            for r in chunk:
+                r.unit += start
         write_jsonl(part, chunk)
         out.extend(chunk)
     if planted:
         first = masks.n - len(planted)
         for k, unit in enumerate(planted):
             r = out[first + k]
-            p_iou = _planted_iou(unit.formula, masks[first + k], concepts)
+            target = masks[first + k]
+            if method == "clustered" and r.ranges:  # judged on the highest range, the one reported
+                from .clustered import activation_ranges, range_masks
+
+                maps = np.asarray(acts[:, first + k])
+                ranges = activation_ranges(maps, len(r.ranges))
+                target = range_masks(maps, ranges, concepts.masks.image_shape)[len(ranges) - 1]
+            p_iou = _planted_iou(unit.formula, target, concepts)
             r.planted = {"formula": str(unit.formula), "iou": p_iou, "recovered": r.iou >= p_iou}
     write_jsonl(final, out)
     return out

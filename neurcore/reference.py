@@ -150,3 +150,62 @@ def beam_search(unit_mask: np.ndarray, concept_masks: np.ndarray, names, length:
                         pool.append((new_key, new, iou(new)))
         current = sorted(pool, key=lambda f: -f[2])[:beam]
     return [(key, score) for key, _, score in current]
+
+
+def optimal_search(unit_mask: np.ndarray, concept_masks: np.ndarray, names, length: int = 3):
+    """Brute force over every left-deep formula of up to ``length`` distinct concepts (OR, AND,
+    AND NOT), building each mask. The best IoU wins; ties go to the shorter formula, then to the
+    smallest tuple (c1, op1, c2, op2, ...) with operators numbered OR 0, AND 1, AND NOT 2.
+    Returns (formula string, iou), or (None, 0.0) when no concept overlaps the unit.
+    """
+    from itertools import permutations, product
+
+    from .formula import quote
+
+    a = np.asarray(unit_mask, dtype=bool).reshape(-1)
+    concepts = np.asarray(concept_masks, dtype=bool).reshape(len(concept_masks), -1)
+    ops = (("OR", np.logical_or), ("AND", np.logical_and), ("AND NOT", lambda x, y: x & ~y))
+
+    def iou(mask):
+        union = int(np.logical_or(mask, a).sum())
+        return int(np.logical_and(mask, a).sum()) / union if union else 0.0
+
+    best = (-1.0, 0, ())
+    text = {}
+    for k in range(1, length + 1):
+        for leaves in permutations(range(len(concepts)), k):
+            for op_ids in product(range(3), repeat=k - 1):
+                mask, s = concepts[leaves[0]], quote(str(names[leaves[0]]))
+                for o, c in zip(op_ids, leaves[1:]):
+                    mask = ops[o][1](mask, concepts[c])
+                    s = f"({s} {ops[o][0]} {quote(str(names[c]))})"
+                key = (leaves[0],) + tuple(x for pair in zip(op_ids, leaves[1:]) for x in pair)
+                cand = (iou(mask), k, key)
+                if cand[0] > best[0] or (cand[0] == best[0] and (k, key) < (best[1], best[2])):
+                    best = cand
+                    text[key] = s
+    if best[0] <= 0:
+        return None, 0.0
+    return text[best[2]], best[0]
+
+
+def largest_rectangles(masks: np.ndarray) -> np.ndarray:
+    """Largest rectangle of set pixels of each mask bool [m, h, w] by trying every rectangle ->
+    int32 [m, 4] (y0, x0, y1, x1) inclusive, (0, 0, -1, -1) when empty. Only its area is
+    unique; tests compare areas and containment."""
+    masks = np.asarray(masks, dtype=bool)
+    out = np.tile(np.array([0, 0, -1, -1], np.int32), (len(masks), 1))
+    for t, m in enumerate(masks):
+        h, w = m.shape
+        csum = np.zeros((h + 1, w + 1), np.int64)
+        csum[1:, 1:] = m.cumsum(0).cumsum(1)
+        best = 0
+        for y0 in range(h):
+            for y1 in range(y0, h):
+                for x0 in range(w):
+                    for x1 in range(x0, w):
+                        area = (y1 - y0 + 1) * (x1 - x0 + 1)
+                        if area > best and csum[y1 + 1, x1 + 1] - csum[y0, x1 + 1] - csum[y1 + 1, x0] + csum[y0, x0] == area:
+                            best = area
+                            out[t] = (y0, x0, y1, x1)
+    return out

@@ -36,6 +36,8 @@ class Explanation:
     beam: the final beam, best first: ``[{"formula": str, "iou": float}, ...]``.
     planted: for a planted unit, ``{"formula": its known formula, "iou": that formula's IoU,
     "recovered": iou >= planted iou}``.
+    ranges: clustered explanations, one per activation range, lowest first: ``{"range": [lo, hi],
+    "formula", "iou", "length", "categories", "counts", "metrics"}``.
     extra: method-specific values that do not deserve a field yet.
     """
 
@@ -51,6 +53,7 @@ class Explanation:
     metrics: dict[str, float] = field(default_factory=dict)
     beam: list[dict[str, Any]] = field(default_factory=list)
     planted: dict[str, Any] | None = None
+    ranges: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:

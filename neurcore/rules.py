@@ -374,15 +374,35 @@ def _combine_rows(ops, left: BitMasks, ia, right: BitMasks, ib) -> BitMasks:
     return BitMasks.concat(parts)[np.argsort(np.concatenate(order), kind="stable")]
 
 
+METHODS = ("dissect", "beam", "optimal", "clustered")
+
+
 def search(units: BitMasks, concepts: ConceptSet, *, method: str = "beam", length: int = 3, beam: int = 5,
-           threshold: float = DETECTOR_THRESHOLD, category: str | None = None,
-           layer: str | None = None) -> list[Explanation]:
-    """Explain every unit: method "dissect" (Network Dissection) or "beam" (compositional beam search)."""
+           threshold: float = DETECTOR_THRESHOLD, category: str | None = None, layer: str | None = None,
+           activations=None, time_budget: float | None = None) -> list[Explanation]:
+    """Explain every unit with one method family of rules over concepts.
+
+    method: "dissect" (Network Dissection), "beam" (compositional beam search), "optimal"
+    (guaranteed-optimal search, with ``time_budget`` seconds per unit if given) or "clustered"
+    (one formula per activation range; needs the raw ``activations`` [n_images, units, h, w], and
+    ``units`` may then be None).
+    """
     if method == "dissect":
         return NetworkDissection(concepts).explain(units, threshold=threshold, category=category, layer=layer)
     if method == "beam":
         out = BeamSearch(concepts).explain(units, length=length, beam=beam, layer=layer)
-        for r in out:
-            r.detector = r.iou > threshold
-        return out
-    raise ValueError(f"method must be 'dissect' or 'beam', got {method!r}")
+    elif method == "optimal":
+        from .optimal import OptimalSearch
+
+        out = OptimalSearch(concepts).explain(units, length=length, time_budget=time_budget, layer=layer)
+    elif method == "clustered":
+        from .clustered import ClusteredSearch
+
+        if activations is None:
+            raise ValueError("method 'clustered' needs the units' raw activations, not binary masks")
+        out = ClusteredSearch(concepts).explain(activations, length=length, beam=beam, layer=layer)
+    else:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    for r in out:
+        r.detector = r.iou > threshold
+    return out

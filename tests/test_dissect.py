@@ -46,6 +46,20 @@ def test_dissect_python_api_with_planted_units(tmp_path):
     assert len(os.listdir(tmp_path / "d" / "report" / "img")) == len(out)
 
 
+@pytest.mark.parametrize("method", ["optimal", "clustered"])
+def test_dissect_optimal_and_clustered(tmp_path, method):
+    world = SyntheticWorld(80, 32, seed=7)
+    out = dissect(tiny_spec(PLANTED[:2]), ["3"], world, method=method, length=2, out_dir=str(tmp_path / "d"),
+                  progress=False)
+    assert len(out) == 8 and all(r.method == method for r in out)
+    if method == "optimal":
+        assert all(r.extra["optimal"] for r in out)
+    else:
+        assert all(r.ranges for r in out)
+    assert all(r.planted and "recovered" in r.planted for r in out[-2:])
+    assert (tmp_path / "d" / "report" / "index.html").is_file()
+
+
 def test_default_model_trains_once_and_is_cached(tmp_path, monkeypatch):
     import neurcore.models as models
 

@@ -132,3 +132,23 @@ def test_search_path_does_not_import_torch(files, tmp_path):
             "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+def test_search_optimal_and_clustered_methods(files, tmp_path):
+    d, concepts, units, _ = files
+    out = run("--concepts", d / "C.npz", "--units", d / "U.npz", "--out", tmp_path / "o.jsonl", "--method", "optimal")
+    assert out.returncode == 0, out.stderr
+    opt = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    beam = [json.loads(line) for line in (d / "R.jsonl").read_text().splitlines()] if (d / "R.jsonl").exists() else None
+    assert all(r["method"] == "optimal" and r["extra"]["optimal"] for r in opt)
+    if beam:
+        assert all(o["iou"] >= b["iou"] for o, b in zip(opt, beam))
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "A.npz", activations=rng.random((3, *units.sample_shape)).astype(np.float32))
+    out = run("--concepts", d / "C.npz", "--units", tmp_path / "A.npz", "--out", tmp_path / "c.jsonl",
+              "--method", "clustered", "--length", "2")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r["ranges"]) == 5 for r in rows)
+    res = run("--concepts", d / "C.npz", "--units", d / "U.npz", "--out", tmp_path / "x.jsonl", "--method", "clustered")
+    assert res.returncode == 2 and "needs an array 'activations'" in res.stderr

@@ -67,4 +67,8 @@ void combine_blocks(const uint8_t* ops, const uint64_t* a, const int64_t* ia, co
 // out[t] = 1 if block t has any bit set.
 void nonzero_blocks(const uint64_t* words, int64_t m, int64_t wpi, uint8_t* out, int nthreads);
 
+// Largest rectangle of set pixels of each mask [m][h][w] (uint8 0/1) -> out[m][4] = (y0, x0, y1, x1),
+// inclusive; an empty mask gives (0, 0, -1, -1). Ties keep the first found, scanning rows down.
+void largest_rectangles(const uint8_t* masks, int64_t m, int64_t h, int64_t w, int32_t* out, int nthreads);
+
 }  // namespace neurcore::cpu
