@@ -133,6 +133,13 @@ def write_report(out_dir, results, settings, probe, concepts, acts, masks_by_lay
                 planted_rows.append((layer, r))
             metrics = (f"activation coverage {m['activation_coverage']:.3f} · detection accuracy "
                        f"{m['detection_accuracy']:.3f} · sample coverage {m['sample_coverage']:.3f}") if m else ""
+            if r.ranges:  # clustered: one explanation per activation range, highest last
+                metrics += "".join(
+                    f"<div>range [{x['range'][0]:.3g}, {x['range'][1]:.3g}]: <span class='formula'>"
+                    f"{html.escape(x['formula'] or '-')}</span> IoU {x['iou']:.3f}</div>" for x in r.ranges)
+            if "certificate" in r.extra:
+                metrics += (f"<div>{'optimal' if r.extra['optimal'] else 'best found, gap ' + format(r.extra['gap'], '.3f')}"
+                            f" (largest bound left: {r.extra['certificate']:.3f})</div>")
             cards.append(
                 f"<div class='unit' id='unit{u}'><b>unit {u}</b> — <span class='formula'>"
                 f"{html.escape(r.formula or '(no concept overlaps this unit)')}</span> — IoU {r.iou:.3f}"

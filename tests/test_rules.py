@@ -128,8 +128,10 @@ def test_search_dispatch_and_errors():
     concepts = blob_concepts(rng, 12, 20, (4, 4))
     units, _ = plant_units(rng, concepts, 3, lengths=(1,))
     assert [r.method for r in search(units, concepts, method="dissect")] == ["dissect"] * 3
-    with pytest.raises(ValueError, match="method must be 'dissect' or 'beam'"):
-        search(units, concepts, method="optimal")
+    with pytest.raises(ValueError, match="method must be one of dissect, beam, optimal, clustered"):
+        search(units, concepts, method="magic")
+    with pytest.raises(ValueError, match="method 'clustered' needs the units' raw activations"):
+        search(units, concepts, method="clustered")
     with pytest.raises(ValueError, match="length must be >= 1"):
         BeamSearch(concepts).explain(units, length=0)
     other = BitMasks.from_dense(np.zeros((2, 20, 4, 5), bool))
