@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import neurcore
-from neurcore import BitMasks, intersect_counts
+from neurcore import intersect_counts
 from _data import as_float32, random_rows
 
 N_A, N_B, N_IMAGES, SIDE = 20, 600, 1000, 56

@@ -8,7 +8,6 @@ implementation of optimal search (PyPI ``compositional-explanations``) on identi
 import contextlib
 import io
 import json
-import time
 
 import numpy as np
 import pytest

@@ -12,7 +12,6 @@ candidate's mask (``neurcore.reference.beam_search``), in the same run.
 import json
 import subprocess
 import sys
-import time
 from multiprocessing import Pool
 
 import numpy as np

@@ -38,13 +38,12 @@ from ._bitmasks import BitMasks, BitMasksBuilder, _unpack
 from ._ops import intersect_counts
 from .formula import Formula, Leaf
 from .results import Explanation
-from .rules import OPERATORS, ConceptSet, _combine_rows, _host, _iou, candidate_counts
+from .rules import OPERATORS, OPS_CODE, ConceptSet, _combine_rows, _explanations, _host, _iou, candidate_counts
 from .rules import _NODE as _OP_NODE
 
 __all__ = ["activation_ranges", "range_masks", "ClusteredSearch", "mmesh_estimates"]
 
 EMPTY_RECT = np.array([0, 0, -1, -1], np.int32)
-_OP_CODE = {"OR": 1, "AND": 0, "AND NOT": 2}
 
 
 def activation_ranges(values: np.ndarray, n_clusters: int = 5, seed: int = 0) -> list[tuple[float, float]]:
@@ -316,8 +315,7 @@ class ClusteredSearch:
             f_rows, fa_rows, f_stats, fa_img = self._next_rows(
                 f_rows, fa_rows, f_stats, fa_img, sel_old, new_specs, A, CA, c_stats, heuristic)
             entries = new_entries
-        best = entries[0]
-        return self._describe(best[0], A, a, a_img) | {"evaluated": evaluated, "space": space}
+        return self._describe(entries[0][0], A) | {"evaluated": evaluated, "space": space}
 
     def _next_rows(self, f_rows, fa_rows, f_stats, fa_img, sel_old, new_specs, A, CA, c_stats, heuristic):
         C = self.concepts.masks
@@ -328,7 +326,7 @@ class ClusteredSearch:
         if new_specs:
             li = np.array([s[0] for s in new_specs])
             ci = np.array([s[1] for s in new_specs])
-            codes = np.array([_OP_CODE[s[2]] for s in new_specs], np.uint8)
+            codes = np.array([OPS_CODE[s[2]] for s in new_specs], np.uint8)
             parts_f.append(_combine_rows(codes, f_rows, li, C, ci))
             parts_fa.append(_combine_rows(codes, fa_rows, li, CA, ci))
         nf, nfa = BitMasks.concat(parts_f), BitMasks.concat(parts_fa)
@@ -344,19 +342,8 @@ class ClusteredSearch:
             stats = MaskStats(area, old.box, old.rect)
         return nf, nfa, stats, new_fa_img
 
-    def _describe(self, formula: Formula, A: BitMasks, a: int, a_img: np.ndarray) -> dict:
-        concepts = self.concepts
-        F = concepts.evaluate(formula)
-        fa = F & A
-        f_img, fa_img = _host(F.count(per_image=True))[0], _host(fa.count(per_image=True))[0]
-        inter, size = int(fa_img.sum()), int(f_img.sum())
-        union = size + a - inter
-        iou = float(_iou(inter, union))
-        hit = int((fa_img > 0).sum())
-        cats = [concepts.categories[concepts.index[n]] for n in formula.leaves()] if concepts.categories else None
-        return {"formula": str(formula), "iou": iou, "length": len(formula), "categories": cats,
-                "counts": {"unit": a, "formula": size, "intersection": inter, "union": union},
-                "metrics": {"iou": iou, "activation_coverage": float(_iou(inter, a)),
-                            "detection_accuracy": float(_iou(inter, size)),
-                            "sample_coverage": float(_iou(hit, int((f_img > 0).sum()))),
-                            "explanation_coverage": float(_iou(hit, int((a_img > 0).sum())))}}
+    def _describe(self, formula: Formula, A: BitMasks) -> dict:
+        """The range's explanation fields, as every method reports them (rules._explanations)."""
+        F = self.concepts.evaluate(formula)
+        r = _explanations("clustered", A, self.concepts, [formula], F, F & A, _host(A.count()))[0]
+        return {k: getattr(r, k) for k in ("formula", "iou", "length", "categories", "counts", "metrics")}

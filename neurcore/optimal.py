@@ -28,17 +28,17 @@ import time
 
 import numpy as np
 
-from . import _ops
 from ._bitmasks import BitMasks
 from ._ops import intersect_counts
 from .formula import And, AndNot, Formula, Leaf, Or
 from .results import Explanation
-from .rules import OPERATORS, ConceptSet, _check_units, _combine_rows, _explanations, _host, _iou, candidate_counts
+from .rules import (OPERATORS, OPS_CODE, ConceptSet, _check_units, _combine_rows, _explanations, _host, _iou,
+                    candidate_counts)
 
 __all__ = ["OptimalSearch"]
 
 _NODE = {0: Or, 1: And, 2: AndNot}  # operator index in OPERATORS order
-_CODE = np.array([_ops.OPS["or"], _ops.OPS["and"], _ops.OPS["and_not"]], np.uint8)
+_CODE = np.array([OPS_CODE[op] for op in OPERATORS], np.uint8)  # operator index -> combine kernel code
 
 
 def _formula(names, leaves, ops) -> Formula:

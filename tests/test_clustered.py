@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from neurcore import BitMasks, ConceptSet
+from neurcore import BitMasks
 from neurcore import reference as ref
 from neurcore._backends import _C
 from neurcore.clustered import ClusteredSearch, MaskStats, activation_ranges, mmesh_estimates, range_masks

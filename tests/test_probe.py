@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from neurcore.probe import BrodenProbe, FolderProbe, ProbeError, SyntheticWorld, open_probe, write_broden
-from neurcore.probe.synthetic import COLORS, SCENES, SHAPES, STUFF
+from neurcore.probe.synthetic import SCENES, STUFF
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from neurcore import BeamSearch, BitMasks, ConceptSet, Explanation, NetworkDissection, parse, search
+from neurcore import BeamSearch, BitMasks, ConceptSet, Explanation, NetworkDissection, search
 from neurcore import reference as ref
 from neurcore.planted import blob_concepts, plant_units
 from neurcore.formula import quote
