@@ -93,7 +93,6 @@ class OptimalSearch:
         n = concepts.n
         c_cnt = _host(C.count()).astype(np.int64)
         cc = _host(intersect_counts(C, C)).astype(np.int64) if length > 1 else None
-        self._c_cnt, self._cc = c_cnt, cc
         ca_all = _host(intersect_counts(units, C)).astype(np.int64)
         a_all = _host(units.count()).astype(np.int64)
         best_formulas, extras = [], []
@@ -114,15 +113,18 @@ class OptimalSearch:
         C = self.concepts.masks
         t0 = time.perf_counter()
         scored = n
+
+        def settled(formula):  # exhaustive answers, nothing left unexplored
+            return formula, {"optimal": True, "certificate": 0.0, "gap": 0.0, "nodes_expanded": 0,
+                             "candidates": scored}
         # best = (iou, length, key); key orders formulas of one length by enumeration.
         iou1 = _iou(ca, c_cnt + a - ca)
         if n == 0 or a == 0 or iou1.max() <= 0:
-            return None, {"optimal": True, "certificate": 0.0, "gap": 0.0, "nodes_expanded": 0, "candidates": scored}
+            return settled(None)
         k1 = int(np.argmax(iou1))
         best = (float(iou1[k1]), 1, (k1,))
         if length == 1:
-            return Leaf(names[k1]), {"optimal": True, "certificate": 0.0, "gap": 0.0, "nodes_expanded": 0,
-                                     "candidates": scored}
+            return settled(Leaf(names[k1]))
         m = int(ca.max())
         CA = _combine_rows("and", C, np.arange(n), A, np.zeros(n, np.int64))
         cca = _host(intersect_counts(CA, C)).astype(np.int64)  # |C_i ∧ C_j ∧ A|
@@ -138,8 +140,7 @@ class OptimalSearch:
             i, o, j = np.unravel_index(k2, by_key.shape)
             best = (float(by_key.flat[k2]), 2, (int(i), int(o), int(j)))
         if length == 2:
-            return self._result(best, names), {"optimal": True, "certificate": 0.0, "gap": 0.0, "nodes_expanded": 0,
-                                               "candidates": scored}
+            return settled(self._result(best, names))
         # Branch and bound from the length-2 nodes: a heap of (-bound, leaves, ops).
         table = self._pair_table() if length == 3 else None
         if table is not None:
@@ -168,7 +169,7 @@ class OptimalSearch:
                    and self._worth(-queue[0][0], best, len(queue[0][1]))):
                 group.append(heapq.heappop(queue))
             expanded += len(group)
-            best, scored, children, pruned = self._expand(group, CA, a, ca, c_cnt, m, n, length, best, scored)
+            best, scored, children, pruned = self._expand(group, CA, a, ca, c_cnt, f2, m, length, best, scored)
             certificate = max(certificate, pruned)
             for child in children:
                 heapq.heappush(queue, child)
@@ -208,8 +209,9 @@ class OptimalSearch:
             _iou(fa - x_lo, f - fc + a - (fa - x_lo)),                   # F AND NOT C
         ])
         ii = np.arange(n)
-        bound[:, :, :, :] = np.where((ii[:, None, None, None] == ii[None, None, None, :]) |
-                                     (ii[None, :, None, None] == ii[None, None, None, :]), -np.inf, bound)
+        k = ii[None, None, None, :]
+        in_formula = (ii[:, None, None, None] == k) | (ii[None, :, None, None] == k)
+        bound = np.where(in_formula, -np.inf, bound)  # children use distinct concepts
         return bound.max(axis=3).clip(max=1.0)
 
     @staticmethod
@@ -220,7 +222,9 @@ class OptimalSearch:
         # An equal IoU wins only against a formula of the same length that comes later in order.
         return bound == best[0] and best[1] > node_len
 
-    def _expand(self, group, CA, a, ca, c_cnt, m, n, length, best, scored):
+    def _expand(self, group, CA, a, ca, c_cnt, f2, m, length, best, scored):
+        """Score every child of a group of nodes of one length exactly; return the new best, the
+        children worth a place in the queue and the largest bound among those that are not."""
         C = self.concepts.masks
         leaves = [g[1] for g in group]
         ops = [g[2] for g in group]
@@ -231,9 +235,9 @@ class OptimalSearch:
         fa = _host(fa_rows.count()).astype(np.int64)[:, None]
         table = self._pair_table() if k == 2 else None
         if table is not None:
-            i, o, j = (np.array([x[idx] for x in rows_]) for idx, rows_ in ((0, leaves), (0, ops), (1, leaves)))
-            fc = table[i, o, j]
-            f = _host(self._materialize_counts(i, o, j))[:, None]
+            i, j = np.array(leaves).T
+            o = np.array(ops)[:, 0]
+            fc, f = table[i, o, j], f2[i, j, o][:, None]  # both exact, from pair counts
         else:
             f_rows = self._materialize(C, leaves, ops)
             fc = _host(intersect_counts(f_rows, C)).astype(np.int64)
@@ -264,12 +268,6 @@ class OptimalSearch:
                 else:
                     pruned = max(pruned, b)
         return best, scored, children, pruned
-
-    def _materialize_counts(self, i, o, j) -> np.ndarray:
-        """|C_i op C_j| from the concept counts and |C_i ∧ C_j|."""
-        c = self._c_cnt
-        both = self._cc[i, j]
-        return np.select([o == 0, o == 1], [c[i] + c[j] - both, both], c[i] - both)
 
     @staticmethod
     def _materialize(base: BitMasks, leaves, ops) -> BitMasks:

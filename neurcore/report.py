@@ -116,9 +116,9 @@ def write_report(out_dir, results, settings, probe, concepts, acts, masks_by_lay
             expl = concepts.evaluate(r.formula) if r.formula else None
             masks = [None] * len(idx)
             if expl is not None:
-                dense = expl.as_layout("sparse")
+                row = expl.as_layout("sparse")
                 for j, i in enumerate(idx):
-                    masks[j] = _image_mask(dense, int(i))
+                    masks[j] = _image_mask(row, int(i))
             strip = _strip([images[int(i)] for i in idx], [np.asarray(a[int(i), u]) for i in idx], masks,
                            float(unit_max[u]))
             fname = f"{safe}-unit{u:05d}.png"
