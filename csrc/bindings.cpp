@@ -7,10 +7,10 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "cpu/ig.h"
 #include "cpu/kernels.h"
 
 namespace py = pybind11;
@@ -18,12 +18,13 @@ using namespace neurcore::cpu;
 
 namespace {
 
+// std::to_string, not an ostringstream: on some toolchains (seen with g++ 13 on Ubuntu 24.04 and
+// Python 3.12) streaming a long through the module's iostreams crashed in the locale facets.
 std::string shape_of(const py::array& a) {
-  std::ostringstream s;
-  s << "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) s << (d ? ", " : "") << a.shape(d);
-  s << (a.ndim() == 1 ? ",)" : ")");
-  return s.str();
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
+  s += a.ndim() == 1 ? ",)" : ")";
+  return s;
 }
 
 // Checks dtype T, rank and C-contiguity; returns the data pointer.
@@ -78,6 +79,30 @@ py::array_t<int64_t> new_counts(int64_t na, int64_t nb) {
 BinaryOp check_op(int op) {
   if (op < 0 || op > 2) throw py::value_error("op: expected 0 (and), 1 (or) or 2 (and_not), got " + std::to_string(op));
   return static_cast<BinaryOp>(op);
+}
+
+// ig_accumulate for one dtype: checks every argument against grads' [T, S, U, C, P], then runs.
+template <class T>
+void ig_accumulate_typed(const py::array& grads, const py::array& weights, const py::array& delta, py::array& out,
+                         bool reduce_spatial, int nthreads) {
+  const T* g = check<T>(grads, "grads", 5);
+  const T* w = check<T>(weights, "weights", 1);
+  const T* d = check<T>(delta, "delta", 3);
+  check<T>(out, "out", reduce_spatial ? 3 : 4);
+  const int64_t nt = grads.shape(0), ns = grads.shape(1), nu = grads.shape(2), nc = grads.shape(3),
+                np_ = grads.shape(4);
+  check_dim(weights, "weights", 0, ns, "grads.shape[1] (S)");
+  check_dim(delta, "delta", 0, nu, "grads.shape[2] (U)");
+  check_dim(delta, "delta", 1, nc, "grads.shape[3] (C)");
+  check_dim(delta, "delta", 2, np_, "grads.shape[4] (P)");
+  check_dim(out, "out", 0, nt, "grads.shape[0] (T)");
+  check_dim(out, "out", 1, nu, "grads.shape[2] (U)");
+  check_dim(out, "out", 2, nc, "grads.shape[3] (C)");
+  if (!reduce_spatial) check_dim(out, "out", 3, np_, "grads.shape[4] (P)");
+  if (!out.writeable()) throw py::value_error("out: array is read-only, got shape " + shape_of(out));
+  T* o = static_cast<T*>(out.mutable_data());
+  py::gil_scoped_release release;
+  ig_accumulate<T>(g, w, d, o, nt, ns, nu, nc, np_, reduce_spatial, nthreads);
 }
 
 }  // namespace
@@ -263,4 +288,19 @@ PYBIND11_MODULE(_C, m) {
     }
     return out;
   }, py::arg("words"), py::arg("nthreads") = 0, "Whether each block of words [m, wpi] has a bit set -> bool [m].");
+
+  m.def("ig_accumulate", [](const py::array& grads, const py::array& weights, const py::array& delta,
+                            py::array& out, bool reduce_spatial, int nthreads) {
+    if (grads.dtype().equal(py::dtype::of<double>()))
+      ig_accumulate_typed<double>(grads, weights, delta, out, reduce_spatial, nthreads);
+    else if (grads.dtype().equal(py::dtype::of<float>()))
+      ig_accumulate_typed<float>(grads, weights, delta, out, reduce_spatial, nthreads);
+    else
+      throw py::type_error("grads: expected dtype float32 or float64, got " + std::string(py::str(grads.dtype())));
+  }, py::arg("grads"), py::arg("weights"), py::arg("delta"), py::arg("out"), py::arg("reduce_spatial"),
+     py::arg("nthreads") = 0,
+     "Integrated-gradients accumulation, in place: grads [T, S, U, C, P], weights [S], delta [U, C, P] "
+     "(float32 or float64, C-contiguous, one dtype). reduce_spatial: out [T, U, C] += "
+     "sum_s w[s] sum_p delta * grads; else out [T, U, C, P] += delta * sum_s w[s] grads. "
+     "Sums in float64; the GIL is released.");
 }

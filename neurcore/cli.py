@@ -83,6 +83,28 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, metavar="DIR", help="output directory (results, cache, report)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    c = sub.add_parser("circuit", help="the circuit of a class: NeurFlow concept circuits or NeuCEPT critical neurons",
+                       description="Find the neurons that carry a class from layer to layer, write circuit.json, "
+                                   "fidelity.csv, results.jsonl and circuit.html. Re-running with the same --out "
+                                   "reuses finished layers.")
+    c.add_argument("--model", default="default", help="default, default-circuit (a planted circuit for class "
+                   "circle), resnet18, resnet50 or vit_b_16")
+    c.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                   help="class name or output index (default: the planted circuit's class)")
+    c.add_argument("--layers", default="conv4,conv3", help="comma-separated layers, top to bottom (default conv4,conv3)")
+    c.add_argument("--method", choices=["neurflow", "neucept"], default="neurflow")
+    c.add_argument("--probe", default="default", help="default (synthetic world), broden:DIR or folder:DIR")
+    c.add_argument("--images", type=_positive_int, default=40, help="class images to crop (default 40)")
+    c.add_argument("--tau", type=_positive_int, default=16, help="neurflow: core neurons per neuron (default 16)")
+    c.add_argument("--top-k", type=_positive_int, default=50, help="neurflow: crops per neuron concept (default 50)")
+    c.add_argument("--steps", type=_positive_int, default=50, help="neurflow: integration steps (default 50)")
+    c.add_argument("--fdr", type=_fraction, default=0.1, help="neucept: target false discovery rate (default 0.1)")
+    c.add_argument("--runs", type=_positive_int, default=10, help="neucept: knockoff runs (default 10)")
+    c.add_argument("--random-sets", type=_positive_int, default=20, help="fidelity: random sets (default 20)")
+    c.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    c.add_argument("--out", required=True, metavar="DIR")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+
     demo = sub.add_parser("demo", help="explain planted units of a synthetic concept set with the mask engine")
     demo.add_argument("--images", type=_positive_int, default=2000, help="probe images (default 2000)")
     demo.add_argument("--concepts", type=int, default=300, help="concepts (default 300, at least 13)")
@@ -99,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return _search(args)
     if args.command == "dissect":
         return _dissect(args)
+    if args.command == "circuit":
+        return _circuit(args)
     if args.command == "backends":
         from . import backends
 
@@ -147,6 +171,27 @@ def _dissect(args) -> int:
         found = sum(r.planted["recovered"] for r in planted)
         summary += f"; recovered {found} of {len(planted)} planted units ({100.0 * found / len(planted):.1f}%)"
     print(f"neurcore dissect: {summary}\n  report: {os.path.join(args.out, 'report', 'index.html')}")
+    return 0
+
+
+def _circuit(args) -> int:
+    from .circuit import circuit
+    from .errors import InputError
+
+    t0 = time.perf_counter()
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    try:
+        doc = circuit(args.model, args.class_name, layers, args.out, method=args.method, probe=args.probe,
+                      max_images=args.images, tau=args.tau, top_k=args.top_k, n_steps=args.steps, fdr=args.fdr,
+                      n_runs=args.runs, n_random=args.random_sets, device=args.device, progress=not args.quiet)
+    except (InputError, ValueError, RuntimeError) as exc:
+        print(f"neurcore circuit: error: {exc}", file=sys.stderr)
+        return 2
+    summary = f"class {doc['class']}, {len(doc['nodes'])} nodes, {len(doc['edges'])} edges"
+    for layer, m in doc.get("metrics", {}).items():
+        summary += "; " + layer + ": " + ", ".join(f"{k} {v}" for k, v in m.items())
+    print(f"neurcore circuit: {summary}, {time.perf_counter() - t0:.1f} s\n"
+          f"  view: {os.path.join(args.out, 'circuit.html')}")
     return 0
 
 

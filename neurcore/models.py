@@ -38,6 +38,9 @@ class ModelSpec:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     planted: list["PlantedUnit"] = field(default_factory=list)
+    classes: list[str] | None = None   # output names, when known
+    multilabel: bool = False           # outputs are independent logits (predicted when > 0), not argmax
+    circuit: dict | None = None        # planted circuit truth: {"class": name, layer: [channels], ...}
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,14 @@ def load_model(name: str, weights: str | None = None, *, progress: bool = True) 
     weights: a local state-dict file (``torch.save(model.state_dict())``);
     without it torchvision models keep random weights, seeded so that every run draws the same.
     """
-    if name == "default":
+    if name in ("default", "default-circuit"):
         if weights:
             raise InputError("--weights: the default model brings its own weights")
-        return default_model(progress=progress)
+        spec = default_model(progress=progress)
+        return planted_circuit_model(spec) if name == "default-circuit" else spec
     if name not in TORCHVISION_MODELS:
-        raise InputError(f"model {name!r}: expected default or one of {', '.join(TORCHVISION_MODELS)}")
+        raise InputError(f"model {name!r}: expected default, default-circuit or one of "
+                         f"{', '.join(TORCHVISION_MODELS)}")
     import torch
     import torchvision
 
@@ -149,7 +154,62 @@ def default_model(*, progress: bool = True) -> ModelSpec:
     module.eval()
     planted = [PlantedUnit("conv4", parse(f)) for f in DEFAULT_PLANTED]
     return ModelSpec(module=module, name="default", input_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                     planted=planted)
+                     planted=planted, classes=list(world.concept_names), multilabel=True)
+
+
+#: The planted circuit of ``default-circuit``: the class, and how many channels feed each node.
+CIRCUIT_CLASS = "circle"
+CIRCUIT_FAN_IN = {"conv4": 12, "conv3": 3}  # 12 >= 1 / fdr: knockoff+ at fdr 0.1 selects no fewer than 10
+
+
+def planted_circuit_model(spec: ModelSpec, class_name: str = CIRCUIT_CLASS, fan_in=None) -> ModelSpec:
+    """A copy of the default model in which ``class_name``'s logit is wired through known channels:
+    its head row keeps only the ``fan_in["conv4"]`` conv4 channels of largest weight x mean activation
+    on rendered images of the class, and each of those keeps only its ``fan_in["conv3"]`` conv3
+    input channels of largest weight norm x mean activation
+    (every other weight of those rows is set to zero). The logit then depends on those conv4
+    channels alone (pooling and the head are linear), and each of them on its conv3 channels alone
+    (batch norm and ReLU act per channel), so ``spec.circuit`` holds the true core neurons."""
+    import copy
+
+    import torch
+
+    from .activations import _inputs, hooked
+    from .probe.synthetic import SyntheticWorld
+
+    fan_in = fan_in or CIRCUIT_FAN_IN
+    module = copy.deepcopy(spec.module)
+    c = spec.classes.index(class_name)
+    # Wire through channels that are active on images of the class (weight x mean activation), so
+    # that every true core neuron carries signal.
+    world = SyntheticWorld(n_images=64, size=spec.input_size, seed=777)
+    images, _ = world.render(class_name, 64, seed=777)
+    with torch.no_grad(), hooked(module, ["conv3", "conv4"]) as outs:
+        module(_inputs(spec, images))
+        act3, act4 = outs["conv3"].mean((0, 2, 3)), outs["conv4"].mean((0, 2, 3))
+    with torch.no_grad():
+        head = module.head.weight
+        conv4 = module.conv4[0].weight  # [out, in, 3, 3]
+        top4 = torch.argsort(head[c] * act4, descending=True)[: fan_in["conv4"]]
+        keep = torch.zeros_like(head[c], dtype=torch.bool)
+        keep[top4] = True
+        head[c][~keep] = 0
+        truth3 = set()
+        for s in top4.tolist():
+            norms = conv4[s].flatten(1).norm(dim=1) * act3
+            top3 = torch.argsort(norms, descending=True)[: fan_in["conv3"]]
+            mask = torch.zeros_like(norms, dtype=torch.bool)
+            mask[top3] = True
+            conv4[s][~mask] = 0
+            truth3 |= set(top3.tolist())
+    out = copy.copy(spec)
+    out.module, out.name = module.eval(), "default-circuit"
+    # The knockoff null "y independent of X_j given the rest" holds exactly for conv4's channel means
+    # (the logit is linear in them); conv3's channel means do not determine the logit, so there a
+    # non-circuit channel can carry information about it and NeuCEPT's FDR is not checkable.
+    out.circuit = {"class": class_name, "conv4": sorted(top4.tolist()), "conv3": sorted(truth3),
+                   "exact_null_layers": ["conv4"]}
+    return out
 
 
 def _train(module, world, *, progress: bool) -> None:

@@ -67,6 +67,15 @@ def test_cuda_large_dense_tiles():
     assert np.array_equal(host(got), flat(a) @ flat(b).T)
 
 
+@pytest.mark.parametrize("n_a,n_b", [(1, 1), (3, 5), (70, 2)])
+def test_cuda_dense_split_words(n_a, n_b):
+    """Few output tiles over many words: the dense kernel splits the words across blocks (split-K)."""
+    rng = np.random.default_rng(n_a * 100 + n_b)
+    a, b = random_masks(rng, n_a, (40, 4001), "dense"), random_masks(rng, n_b, (40, 4001), "dense")
+    got = intersect_counts(BitMasks.from_dense(a, "dense").to("cuda"), BitMasks.from_dense(b, "dense").to("cuda"))
+    assert np.array_equal(host(got), flat(a) @ flat(b).T)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cuda_rule_search_equals_cpu(layout):
     from neurcore import BeamSearch, ConceptSet, NetworkDissection

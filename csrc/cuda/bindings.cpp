@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ig.cuh"
 #include "kernels.cuh"
 
 namespace py = pybind11;
@@ -99,4 +100,24 @@ PYBIND11_MODULE(_cuda, m) {
     py::gil_scoped_release release;
     nc::nonzero_blocks(ptr<const uint64_t>(words), rows, wpi, ptr<bool>(out), stream_of(s));
   });
+  m.def("ig_accumulate", [](bool f64, std::uintptr_t grads, std::uintptr_t weights, std::uintptr_t delta,
+                            std::uintptr_t out, int64_t n_targets, int64_t n_steps, int64_t n_examples,
+                            int64_t n_channels, int64_t n_positions, bool reduce_spatial, std::uintptr_t s) {
+    if (n_targets < 0 || n_steps < 0 || n_examples < 0 || n_channels < 0 || n_positions < 0)
+      throw py::value_error("ig_accumulate: sizes must be >= 0");
+    py::gil_scoped_release release;
+    if (f64)
+      nc::ig_accumulate(ptr<const double>(grads), ptr<const double>(weights), ptr<const double>(delta),
+                        ptr<double>(out), n_targets, n_steps, n_examples, n_channels, n_positions, reduce_spatial,
+                        stream_of(s));
+    else
+      nc::ig_accumulate(ptr<const float>(grads), ptr<const float>(weights), ptr<const float>(delta),
+                        ptr<float>(out), n_targets, n_steps, n_examples, n_channels, n_positions, reduce_spatial,
+                        stream_of(s));
+  }, py::arg("f64"), py::arg("grads"), py::arg("weights"), py::arg("delta"), py::arg("out"), py::arg("n_targets"),
+     py::arg("n_steps"), py::arg("n_examples"), py::arg("n_channels"), py::arg("n_positions"),
+     py::arg("reduce_spatial"), py::arg("stream"),
+     "Integrated-gradients accumulation into out, in place, on device pointers (float64 if f64 else float32): "
+     "grads [T, S, U, C, P], weights [S], delta [U, C, P]; out [T, U, C] when reduce_spatial, else "
+     "[T, U, C, P]. See csrc/cuda/ig.cuh.");
 }

@@ -1,4 +1,5 @@
 // CUDA kernels over bit-packed masks (declared in kernels.cuh).
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -48,19 +49,23 @@ __global__ void popcount_rows_kernel(const uint64_t* words, int64_t m, int64_t k
 // thread, words staged through shared memory 32 at a time (k-major).
 constexpr int kTile = 64, kTileK = 32, kSub = 16;
 
+// With gridDim.z > 1 each z slice takes `k_per_split` words (split-K, for outputs with too few tiles
+// to fill the chip) and adds its partial counts into a zeroed output.
 __global__ void intersect_dense_dense_kernel(const uint64_t* a, int64_t na, const uint64_t* b, int64_t nb,
-                                             int64_t k, int64_t* out) {
+                                             int64_t k, int64_t k_per_split, int64_t* out) {
   __shared__ uint64_t as[kTileK][kTile + 1];
   __shared__ uint64_t bs[kTileK][kTile + 1];
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kSub + tx;
   const int64_t i0 = int64_t(blockIdx.y) * kTile, j0 = int64_t(blockIdx.x) * kTile;
   unsigned long long acc[4][4] = {};
-  for (int64_t w0 = 0; w0 < k; w0 += kTileK) {
+  const int64_t k_begin = int64_t(blockIdx.z) * k_per_split;
+  const int64_t k_end = k_begin + k_per_split < k ? k_begin + k_per_split : k;
+  for (int64_t w0 = k_begin; w0 < k_end; w0 += kTileK) {
     for (int t = tid; t < kTile * kTileK; t += kSub * kSub) {
       const int r = t / kTileK, kk = t % kTileK;
       const int64_t w = w0 + kk;
-      as[kk][r] = (i0 + r < na && w < k) ? a[(i0 + r) * k + w] : 0;
-      bs[kk][r] = (j0 + r < nb && w < k) ? b[(j0 + r) * k + w] : 0;
+      as[kk][r] = (i0 + r < na && w < k_end) ? a[(i0 + r) * k + w] : 0;
+      bs[kk][r] = (j0 + r < nb && w < k_end) ? b[(j0 + r) * k + w] : 0;
     }
     __syncthreads();
 #pragma unroll 4
@@ -82,7 +87,12 @@ __global__ void intersect_dense_dense_kernel(const uint64_t* a, int64_t na, cons
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       const int64_t i = i0 + ty + kSub * r, j = j0 + tx + kSub * c;
-      if (i < na && j < nb) out[i * nb + j] = static_cast<int64_t>(acc[r][c]);
+      if (i < na && j < nb) {
+        if (gridDim.z == 1)
+          out[i * nb + j] = static_cast<int64_t>(acc[r][c]);
+        else if (acc[r][c] != 0)
+          atomicAdd(reinterpret_cast<unsigned long long*>(out) + i * nb + j, acc[r][c]);
+      }
     }
 }
 
@@ -185,7 +195,23 @@ void intersect_dense_dense(const uint64_t* a, int64_t na, const uint64_t* b, int
   if (na == 0 || nb == 0) return;
   const int64_t gy = (na + kTile - 1) / kTile, gx = (nb + kTile - 1) / kTile;
   if (gy > 65535) throw std::runtime_error("intersect_dense_dense: A has more than 4,194,240 rows; split it");
-  intersect_dense_dense_kernel<<<dim3(unsigned(gx), unsigned(gy)), dim3(kSub, kSub), 0, stream>>>(a, na, b, nb, k, out);
+  // Split the words when the output has fewer tiles than ~4 blocks per multiprocessor, keeping at
+  // least 8 word stages per split so the atomics stay rare next to the popcounts.
+  int device = 0, sms = 1;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int64_t stages = (k + kTileK - 1) / kTileK;
+  int64_t splits = (4 * int64_t(sms) + gx * gy - 1) / (gx * gy);
+  splits = std::max<int64_t>(1, std::min<int64_t>({splits, stages / 8, 65535}));
+  const int64_t k_per_split = ((stages + splits - 1) / splits) * kTileK;
+  splits = (k + k_per_split - 1) / k_per_split;
+  if (splits > 1) {
+    const cudaError_t err = cudaMemsetAsync(out, 0, sizeof(int64_t) * na * nb, stream);
+    if (err != cudaSuccess)
+      throw std::runtime_error(std::string("intersect_dense_dense: cudaMemsetAsync failed: ") + cudaGetErrorString(err));
+  }
+  intersect_dense_dense_kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(splits)), dim3(kSub, kSub), 0, stream>>>(
+      a, na, b, nb, k, k_per_split, out);
   check_launch("intersect_dense_dense");
 }
 
