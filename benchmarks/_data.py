@@ -19,6 +19,14 @@ def random_rows(rng, n, n_images, side, *, touch=(1.0, 1.0), fill=0.05, layout="
     return BitMasks.concat(rows)
 
 
+def intersect_case(name: str, n_a: int = 20, n_b: int = 600, n_images: int = 1000, side: int = 56):
+    """The two row sets of the intersect benchmarks (seed 12345): "dense" rows (5% fill everywhere)
+    or "image-sparse" rows (each touches 2-10% of the images, 30% fill inside)."""
+    rng = np.random.default_rng(12345)
+    kind = dict(fill=0.05) if name == "dense" else dict(touch=(0.02, 0.10), fill=0.3)
+    return random_rows(rng, n_a, n_images, side, **kind), random_rows(rng, n_b, n_images, side, **kind)
+
+
 def as_float32(masks: BitMasks, chunk: int = 16) -> np.ndarray:
     """The masks as a 0/1 float32 matrix [n, pixels] for the BLAS baseline."""
     out = np.empty((masks.n, int(np.prod(masks.sample_shape))), dtype=np.float32)

@@ -15,7 +15,7 @@ import neurcore
 from neurcore import BeamSearch, intersect_counts
 from neurcore import reference as ref
 from neurcore.planted import blob_concepts, plant_units
-from _data import random_rows
+from _data import intersect_case
 
 if neurcore.backends()["cuda"]["devices"] == 0:
     pytest.skip("no usable CUDA device", allow_module_level=True)
@@ -34,13 +34,7 @@ def synced(fn, *args, **kwargs):
 
 @pytest.fixture(scope="module", params=["dense", "image-sparse"])
 def case(request):
-    rng = np.random.default_rng(12345)
-    if request.param == "dense":
-        a = random_rows(rng, N_A, N_IMAGES, SIDE, fill=0.05)
-        b = random_rows(rng, N_B, N_IMAGES, SIDE, fill=0.05)
-    else:
-        a = random_rows(rng, N_A, N_IMAGES, SIDE, touch=(0.02, 0.10), fill=0.3)
-        b = random_rows(rng, N_B, N_IMAGES, SIDE, touch=(0.02, 0.10), fill=0.3)
+    a, b = intersect_case(request.param, N_A, N_B, N_IMAGES, SIDE)
     expect = intersect_counts(a, b)
     return request.param, a, b, expect
 

@@ -10,7 +10,7 @@ import pytest
 
 import neurcore
 from neurcore import intersect_counts
-from _data import as_float32, random_rows
+from _data import as_float32, intersect_case, random_rows
 
 N_A, N_B, N_IMAGES, SIDE = 20, 600, 1000, 56
 PAIR_SUBSET = (4, 10)  # the per-pair loop is timed on 4 x 10 pairs
@@ -18,13 +18,7 @@ PAIR_SUBSET = (4, 10)  # the per-pair loop is timed on 4 x 10 pairs
 
 @pytest.fixture(scope="module", params=["dense", "image-sparse"])
 def case(request):
-    rng = np.random.default_rng(12345)
-    if request.param == "dense":
-        a = random_rows(rng, N_A, N_IMAGES, SIDE, fill=0.05)
-        b = random_rows(rng, N_B, N_IMAGES, SIDE, fill=0.05)
-    else:
-        a = random_rows(rng, N_A, N_IMAGES, SIDE, touch=(0.02, 0.10), fill=0.3)
-        b = random_rows(rng, N_B, N_IMAGES, SIDE, touch=(0.02, 0.10), fill=0.3)
+    a, b = intersect_case(request.param, N_A, N_B, N_IMAGES, SIDE)
     fa, fb = as_float32(a), as_float32(b)
     expect = (fa @ fb.T).astype(np.int64)  # exact: counts < 2^24
     yield request.param, a, b, fa, fb, expect

@@ -99,6 +99,21 @@ def _baselines(baselines, inputs):
     return tuple(out)
 
 
+def _prepare(inputs, baselines, method: str, n_steps: int):
+    """Captum's argument handling shared by every variant: (inputs as a tuple, whether they were
+    one, baselines per input), after checking inputs, baselines, method and n_steps."""
+    inputs_t, is_tuple = _tuple(inputs)
+    _check_inputs(inputs_t)
+    bases = _baselines(baselines, inputs_t)
+    quadrature(method, n_steps)
+    return inputs_t, is_tuple, bases
+
+
+def _row_bytes(tensors) -> int:
+    """Bytes of one example across ``tensors`` (1 when there are no examples)."""
+    return sum(x[0].numel() * x.element_size() for x in tensors) if tensors[0].shape[0] else 1
+
+
 def _expand_args(args, repeats: int):
     """Captum's expansion of additional forward arguments: tensors repeated along dim 0."""
     import torch
@@ -212,13 +227,9 @@ class IntegratedGradients(_Base):
                   return_convergence_delta: bool = False):
         import torch
 
-        inputs_t, is_tuple = _tuple(inputs)
-        _check_inputs(inputs_t)
-        bases = _baselines(baselines, inputs_t)
-        quadrature(method, n_steps)
-        n = inputs_t[0].shape[0]
-        row_bytes = sum(x[0].numel() * x.element_size() for x in inputs_t) if n else 1
-        steps = _steps_per_chunk(n_steps, n, row_bytes, internal_batch_size, self.chunk_bytes)
+        inputs_t, is_tuple, bases = _prepare(inputs, baselines, method, n_steps)
+        steps = _steps_per_chunk(n_steps, inputs_t[0].shape[0], _row_bytes(inputs_t), internal_batch_size,
+                                 self.chunk_bytes)
 
         def grads_at(scaled, k):
             with torch.enable_grad():
@@ -279,18 +290,13 @@ class LayerIntegratedGradients(_Base):
                   return_convergence_delta: bool = False):
         import torch
 
-        inputs_t, _ = _tuple(inputs)
-        _check_inputs(inputs_t)
-        bases = _baselines(baselines, inputs_t)
-        quadrature(method, n_steps)
+        inputs_t, _, bases = _prepare(inputs, baselines, method, n_steps)
         args = _expand_args(additional_forward_args, 1)
         with torch.no_grad():
             at_input = _layer_output(self.layer, lambda: self.forward_func(*inputs_t, *args)).detach()
             at_base = _layer_output(self.layer, lambda: self.forward_func(*bases, *args)).detach()
-        n = inputs_t[0].shape[0]
-        row_bytes = (at_input[0].numel() * at_input.element_size() +
-                     sum(x[0].numel() * x.element_size() for x in inputs_t)) if n else 1
-        steps = _steps_per_chunk(n_steps, n, row_bytes, internal_batch_size, self.chunk_bytes)
+        steps = _steps_per_chunk(n_steps, inputs_t[0].shape[0], _row_bytes((at_input, *inputs_t)),
+                                 internal_batch_size, self.chunk_bytes)
 
         def grads_at(scaled, k):
             (acts,) = scaled
@@ -323,13 +329,9 @@ class NeuronIntegratedGradients(_Base):
                   method: str = "gausslegendre", internal_batch_size: int | None = None):
         import torch
 
-        inputs_t, is_tuple = _tuple(inputs)
-        _check_inputs(inputs_t)
-        bases = _baselines(baselines, inputs_t)
-        quadrature(method, n_steps)
-        n = inputs_t[0].shape[0]
-        row_bytes = sum(x[0].numel() * x.element_size() for x in inputs_t) if n else 1
-        steps = _steps_per_chunk(n_steps, n, row_bytes, internal_batch_size, self.chunk_bytes)
+        inputs_t, is_tuple, bases = _prepare(inputs, baselines, method, n_steps)
+        steps = _steps_per_chunk(n_steps, inputs_t[0].shape[0], _row_bytes(inputs_t), internal_batch_size,
+                                 self.chunk_bytes)
 
         def neuron(out):
             if callable(neuron_selector):
@@ -435,19 +437,18 @@ def _restricted_module(module, channels):
     import torch.nn as nn
 
     idx = channels
+
+    def rows_of(out):  # ``out`` holding ``module``'s weight and bias rows idx
+        out.weight = nn.Parameter(module.weight.detach()[idx], requires_grad=False)
+        if module.bias is not None:
+            out.bias = nn.Parameter(module.bias.detach()[idx], requires_grad=False)
+        return out.to(module.weight.device)
+
     if isinstance(module, nn.Linear):
-        out = nn.Linear(module.in_features, len(idx), bias=module.bias is not None)
-        out.weight = nn.Parameter(module.weight.detach()[idx], requires_grad=False)
-        if module.bias is not None:
-            out.bias = nn.Parameter(module.bias.detach()[idx], requires_grad=False)
-        return out.to(module.weight.device)
+        return rows_of(nn.Linear(module.in_features, len(idx), bias=module.bias is not None))
     if isinstance(module, nn.Conv2d) and module.groups == 1:
-        out = nn.Conv2d(module.in_channels, len(idx), module.kernel_size, module.stride, module.padding,
-                        module.dilation, 1, module.bias is not None, module.padding_mode)
-        out.weight = nn.Parameter(module.weight.detach()[idx], requires_grad=False)
-        if module.bias is not None:
-            out.bias = nn.Parameter(module.bias.detach()[idx], requires_grad=False)
-        return out.to(module.weight.device)
+        return rows_of(nn.Conv2d(module.in_channels, len(idx), module.kernel_size, module.stride, module.padding,
+                                 module.dilation, 1, module.bias is not None, module.padding_mode))
     if isinstance(module, nn.Sequential) and len(module) > 0:
         tail = []
         for i in range(len(module) - 1, -1, -1):

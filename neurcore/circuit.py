@@ -29,9 +29,9 @@ FIDELITY_COLUMNS = ["layer", "scope", "mode", "k", "core", "random_mean", "rando
                     "random_logit_mean", "n_random", "n_images"]
 
 
-def class_index(spec, name: str) -> int:
+def class_index(spec, name: str, n_outputs: int | None = None) -> int:
     """The output index of class ``name`` (a class name of the model, or an index)."""
-    n_out = _n_outputs(spec)
+    n_out = n_outputs if n_outputs is not None else _shapes(spec, [])[0]
     if spec.classes and name in spec.classes:
         return spec.classes.index(name)
     if str(name).isdigit() and int(name) < n_out:
@@ -40,11 +40,15 @@ def class_index(spec, name: str) -> int:
     raise InputError(f"class {name!r} is not an output of model {spec.name!r} ({n_out} outputs){known}")
 
 
-def _n_outputs(spec) -> int:
+def _shapes(spec, layers, device="cpu") -> tuple[int, dict]:
+    """(model outputs, {layer: channels}) from one forward pass of a blank image."""
     import torch
 
-    with torch.no_grad():
-        return int(spec.module(torch.zeros(1, 3, spec.input_size, spec.input_size)).shape[1])
+    from .activations import as_maps, hooked
+
+    with torch.no_grad(), hooked(spec.module, layers) as outs:
+        logits = spec.module(torch.zeros(1, 3, spec.input_size, spec.input_size, device=device))
+        return int(logits.shape[1]), {name: as_maps(outs[name]).shape[1] for name in layers}
 
 
 def predicted(spec, logits, c: int):
@@ -166,7 +170,6 @@ def circuit(model="default", class_name: str | None = None, layers=("conv4", "co
             n_steps: int = 50, fdr: float = 0.1, n_runs: int = 10, n_random: int = 20, device: str = "cpu",
             backend: str | None = None, progress: bool = True) -> dict:
     """Build the circuit of ``class_name`` over ``layers`` (top to bottom) and write it to ``out``."""
-    import torch
 
     from .circuit_report import write_circuit_html
     from .models import load_model, resolve_layer
@@ -187,9 +190,10 @@ def circuit(model="default", class_name: str | None = None, layers=("conv4", "co
         if not spec.circuit:
             raise InputError("--class is needed for a model without a planted circuit")
         class_name = spec.circuit["class"]
-    c = class_index(spec, class_name)
-    probe = open_probe(probe) if isinstance(probe, str) else probe
     spec.module.to(device).eval()
+    n_outputs, channels = _shapes(spec, layers, device)
+    c = class_index(spec, class_name, n_outputs)
+    probe = open_probe(probe) if isinstance(probe, str) else probe
     os.makedirs(out, exist_ok=True)
     parts = os.path.join(out, "parts")
     settings = {"model": spec.name, "class": class_name, "layers": layers, "method": method, "tau": tau,
@@ -201,11 +205,6 @@ def circuit(model="default", class_name: str | None = None, layers=("conv4", "co
                 raise InputError(f"{out} holds a circuit made with other settings; choose another --out or remove it")
     write_json(manifest, settings)
     images, _ = class_images(spec, probe, c, max_images=max_images, device=device)
-    from .activations import as_maps, hooked
-
-    with torch.no_grad(), hooked(spec.module, layers) as outs:
-        spec.module(torch.zeros(1, 3, spec.input_size, spec.input_size, device=device))
-        channels = {name: as_maps(outs[name]).shape[1] for name in layers}
 
     if method == "neurflow":
         doc, rows, core = _neurflow(spec, images, c, layers, out, parts, tau, top_k, n_steps, device, backend, progress)

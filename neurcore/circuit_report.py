@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from ._atomic import atomic_open
 from .errors import InputError
+from .report import _page, _write
 
 CARD_W = 252  # pixels; every card has the same size so the edge coordinates are known here
 CARD_H = 196
@@ -61,14 +61,6 @@ table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px soli
 .card .thumbs {{ white-space: nowrap; }} .card .thumbs img {{ margin: 2px 2px 2px 0; border: 1px solid #ddd; }}
 .card a {{ color: #204a87; }}
 """
-_LOADED_SCRIPT = """<script>
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  document.body.setAttribute('data-images-total', imgs.length);
-  document.body.setAttribute('data-images-loaded',
-    imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length);
-});
-</script>"""
 
 
 def _e(value) -> str:
@@ -343,9 +335,6 @@ def write_circuit_html(out_dir, circuit: dict) -> Path:
             + _truth_html(layers, circuit, nodes) + _fidelity_html(circuit)
             + f"<h2>Circuit</h2><div class='scroll'><div class='canvas' id='circuit' style='width:{width}px;"
             f"height:{height}px'>{svg}{''.join(bands)}{''.join(cards)}</div></div>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)} — neurcore</title>"
-            f"<style>{_CSS}</style></head><body>{body}{_LOADED_SCRIPT}</body></html>")
     path = Path(out_dir) / "circuit.html"
-    with atomic_open(path, encoding="utf-8") as f:
-        f.write(page)
+    _write(path, _page(f"{title} — neurcore", body, css=_CSS))
     return path

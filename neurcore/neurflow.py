@@ -77,25 +77,19 @@ def make_crops(spec, images: np.ndarray, boxes: np.ndarray):
     return (crops - mean) / std
 
 
-def ward_silhouette(vectors: np.ndarray, max_k: int, min_k: int = 2) -> tuple[np.ndarray, int]:
-    """Ward agglomerative clustering of [n, d] vectors with k in min_k..max_k picked by the
-    silhouette score (scikit-learn); fewer than 3 distinct vectors form one cluster each."""
-    from sklearn.cluster import AgglomerativeClustering
-    from sklearn.metrics import silhouette_score
+def ward_silhouette(vectors: np.ndarray, max_k: int) -> tuple[np.ndarray, int]:
+    """Ward agglomerative clustering of [n, d] vectors with k in 2..max_k picked by the
+    silhouette score (:func:`neurcore.neucept.mechanisms`, scikit-learn); fewer than 3 distinct
+    vectors form one cluster each (or one cluster when they repeat)."""
+    from .neucept import mechanisms
 
     n = len(vectors)
     distinct = len(np.unique(np.round(vectors, 6), axis=0)) if n else 0
-    if n < 3 or distinct < 3:
+    if n < 3 or distinct < 3 or max_k < 2:
         return (np.arange(n) if distinct == n else np.zeros(n, dtype=np.int64)), (n if distinct == n else 1)
-    best = None
-    for k in range(min_k, min(max_k, distinct - 1) + 1):
-        labels = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(vectors)
-        score = silhouette_score(vectors, labels)
-        if best is None or score > best[0] + 1e-12:
-            best = (score, labels, k)
-    if best is None:
-        return np.zeros(n, dtype=np.int64), 1
-    return best[1].astype(np.int64), best[2]
+    found = mechanisms(vectors, np.arange(vectors.shape[1]), method="agglomerative",
+                       max_k=min(max_k, distinct - 1))
+    return found.labels, found.k
 
 
 def group_metric(channel_means: np.ndarray, neurons, max_activation: np.ndarray, eps: float = 1e-6) -> np.ndarray:

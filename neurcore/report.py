@@ -37,13 +37,14 @@ window.addEventListener('load', function () {
 </script>"""
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, css: str = _CSS) -> str:
+    """A self-contained page; its script records on <body> how many images loaded (browser tests)."""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{body}{_LOADED_SCRIPT}</body></html>")
+            f"<style>{css}</style></head><body>{body}{_LOADED_SCRIPT}</body></html>")
 
 
-def _write(path: str, text: str) -> None:
-    with atomic_open(path) as f:
+def _write(path, text: str) -> None:
+    with atomic_open(path, encoding="utf-8") as f:
         f.write(text)
 
 

@@ -17,16 +17,11 @@
 #include <stdexcept>
 #include <string>
 
+#include "check.cuh"
 #include "ig.cuh"
 
 namespace neurcore::cuda {
 namespace {
-
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": CUDA launch failed: " + cudaGetErrorString(err));
-}
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
