@@ -180,7 +180,9 @@ class NeurFlow:
         levels = [CircuitLevel(None, [int(class_index)])]
         scores_of = {None: self.logits.numpy()}
         scores_of.update(self.means)
-        for depth, lower in enumerate(self.layers):
+        from tqdm import tqdm
+
+        for lower in tqdm(self.layers, desc="NeurFlow layer pairs", disable=not self.progress, leave=False):
             level = levels[-1]
             upper = level.layer
             ranking = scores_of[upper]
