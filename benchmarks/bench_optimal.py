@@ -1,4 +1,4 @@
-"""Beyond beam search, on a layer of the default model (conv4: 148 units, 35 concepts over 3,000
+"""Beyond beam search, on a layer of the default model (conv4: 152 units, 35 concepts over 3,000
 images x 64 x 64): candidates evaluated and time for beam search, clustered search with MMESH
 against the same search visiting every candidate, and guaranteed-optimal search; how often beam
 search is already optimal (default-model units, planted units, random units); and the peer
@@ -18,7 +18,7 @@ from neurcore.dissect import dissect
 from neurcore.optimal import OptimalSearch
 from neurcore.planted import blob_concepts, plant_units
 
-LAYER = "default model conv4 (148 units x 35 concepts)"
+LAYER = "default model conv4 (152 units x 35 concepts)"
 
 
 @pytest.fixture(scope="module")

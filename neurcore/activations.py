@@ -100,6 +100,7 @@ def planted_maps(planted, concept_maps: np.ndarray, names: list[str], size: tupl
     Each is its formula's mask, area-averaged to ``size``, times a strength
     drawn per image in [0.5, 1.5], plus Gaussian noise of the unit's ``noise``;
     both drawn from (seed, image index, unit), so a resumed run redraws them.
+    A linear unit is its weighted sum of area-averaged concept maps plus the noise.
     """
     import torch
     import torch.nn.functional as F
@@ -107,9 +108,21 @@ def planted_maps(planted, concept_maps: np.ndarray, names: list[str], size: tupl
     index = {n: i for i, n in enumerate(names)}
     b = len(concept_maps)
     out = np.zeros((b, len(planted), *size), np.float32)
+
+    def pool(masks):
+        return F.adaptive_avg_pool2d(torch.from_numpy(masks[:, None].astype(np.float32)), size)[:, 0].numpy()
+
     for k, unit in enumerate(planted):
-        masks = np.stack([unit.formula.evaluate(concept_maps[j], index) for j in range(b)])
-        pooled = F.adaptive_avg_pool2d(torch.from_numpy(masks[:, None].astype(np.float32)), size)[:, 0].numpy()
+        if unit.weights is not None:  # linear: sum_k w_k * area-averaged concept map, plus noise
+            missing = [n for n, _ in unit.weights if n not in index]
+            if missing:
+                raise InputError(f"planted unit {unit.label!r}: concepts {missing} are not in the probe")
+            mix = sum(w * pool(concept_maps[:, index[n]]) for n, w in unit.weights)
+            for j in range(b):
+                rng = np.random.default_rng([seed, first_image + j, k])
+                out[j, k] = mix[j] + rng.normal(0, unit.noise, size)
+            continue
+        pooled = pool(np.stack([unit.formula.evaluate(concept_maps[j], index) for j in range(b)]))
         for j in range(b):
             rng = np.random.default_rng([seed, first_image + j, k])
             out[j, k] = pooled[j] * rng.uniform(0.5, 1.5) + rng.normal(0, unit.noise, size)

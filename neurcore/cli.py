@@ -80,8 +80,30 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--beam", type=_positive_int, default=5, help="beam: width (default 5)")
     d.add_argument("--quantile", type=_fraction, default=0.005, help="top quantile per unit (default 0.005)")
     d.add_argument("--batch-size", type=_positive_int, default=64)
+    d.add_argument("--methods", default="rules", metavar="LIST",
+                   help="comma-separated: rules (always) and any of clip-dissect, linex, sieve (default rules)")
     d.add_argument("--out", required=True, metavar="DIR", help="output directory (results, cache, report)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
+    _label_options(d)
+
+    lb = sub.add_parser("label", help="label units with a vision-language model: CLIP-Dissect, LinEx, SIEVE",
+                        description="Label every unit of the layers with CLIP-Dissect, LinEx and/or SIEVE, verify "
+                                    "every label by generating images of it (Activation Rate, CoSy) and simulate it "
+                                    "with a second VLM; Network Dissection's labels are scored beside them. "
+                                    "Re-running with the same --out resumes.")
+    lb.add_argument("--model", default="default", help="default, resnet18, resnet50 or vit_b_16")
+    lb.add_argument("--weights", default=None, metavar="FILE", help="state dict for a torchvision model")
+    lb.add_argument("--layer", action="append", required=True, metavar="NAME", help="dotted layer name (repeat)")
+    lb.add_argument("--probe", default="default", help="default (synthetic world), broden:DIR or folder:DIR")
+    lb.add_argument("--probe-images", type=_positive_int, default=None, help="images in the synthetic world")
+    lb.add_argument("--method", default="clip-dissect,linex,sieve", metavar="LIST",
+                    help="comma-separated among clip-dissect, linex, sieve (default all three)")
+    lb.add_argument("--rules", choices=["dissect", "beam", "none"], default="dissect",
+                    help="rule explanations to score beside the labels, when the probe has masks (default dissect)")
+    lb.add_argument("--batch-size", type=_positive_int, default=64)
+    lb.add_argument("--out", required=True, metavar="DIR")
+    lb.add_argument("--quiet", action="store_true", help="no progress bars")
+    _label_options(lb)
 
     c = sub.add_parser("circuit", help="the circuit of a class: NeurFlow concept circuits or NeuCEPT critical neurons",
                        description="Find the neurons that carry a class from layer to layer, write circuit.json, "
@@ -114,6 +136,38 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _label_options(p) -> None:
+    g = p.add_argument_group("vision-language labels (clip-dissect, linex, sieve)")
+    g.add_argument("--vlm", default="default", help="explainer VLM: default (embedded tiny CLIP) or an open_clip name")
+    g.add_argument("--vlm-weights", default=None, metavar="PATH", help="open_clip weights (file or directory)")
+    g.add_argument("--sim-vlm", default="default-2", help="second VLM for LinEx's simulation score (default-2)")
+    g.add_argument("--sim-vlm-weights", default=None, metavar="PATH")
+    g.add_argument("--vocabulary", default=None, metavar="FILE",
+                   help="one word or phrase per line (default: the probe's concept names)")
+    g.add_argument("--generator", default="synthetic", help="verification images: synthetic or diffusers:DIR")
+    g.add_argument("--generated", type=_positive_int, default=50, help="images generated per label (default 50)")
+    g.add_argument("--generator-steps", type=_positive_int, default=None, metavar="N",
+                   help="diffusers: denoising steps (default: the pipeline's own)")
+    g.add_argument("--similarity", default="soft_wpmi",
+                   choices=["soft_wpmi", "wpmi", "rank_reorder", "cos_similarity", "cos_similarity_cubed"],
+                   help="clip-dissect similarity function (default soft_wpmi)")
+    g.add_argument("--tau", type=float, default=10.0, help="sieve: p99/median ratio that selects a unit (default 10)")
+    g.add_argument("--top-n", type=_positive_int, default=20, help="sieve: top samples per unit (default 20)")
+    g.add_argument("--top-k", type=_positive_int, default=3, help="sieve: concepts per cluster (default 3)")
+
+
+def _label_kwargs(args) -> dict:
+    return {"vlm": args.vlm, "vlm_weights": args.vlm_weights, "sim_vlm": args.sim_vlm,
+            "sim_vlm_weights": args.sim_vlm_weights, "vocabulary": args.vocabulary, "generator": args.generator,
+            "generator_options": {"num_inference_steps": args.generator_steps} if args.generator_steps else None,
+            "n_generated": args.generated, "similarity": args.similarity, "tau": args.tau, "top_n": args.top_n,
+            "top_k": args.top_k}
+
+
+def _methods(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -123,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dissect(args)
     if args.command == "circuit":
         return _circuit(args)
+    if args.command == "label":
+        return _label(args)
     if args.command == "backends":
         from . import backends
 
@@ -161,16 +217,44 @@ def _dissect(args) -> int:
     try:
         results = dissect(args.model, args.layer, args.probe, method=args.method, length=args.length,
                           beam=args.beam, out_dir=args.out, weights=args.weights, quantile=args.quantile,
-                          batch_size=args.batch_size, probe_images=args.probe_images, progress=not args.quiet)
+                          batch_size=args.batch_size, probe_images=args.probe_images, progress=not args.quiet,
+                          methods=_methods(args.methods), label_options=_label_kwargs(args))
     except (InputError, ValueError, RuntimeError) as exc:
         print(f"neurcore dissect: error: {exc}", file=sys.stderr)
         return 2
     planted = [r for r in results if r.planted]
+    results = [r for r in results if r.method == args.method]
     summary = f"{len(results)} units in {len(args.layer)} layer(s), {time.perf_counter() - t0:.1f} s"
     if planted:
         found = sum(r.planted["recovered"] for r in planted)
         summary += f"; recovered {found} of {len(planted)} planted units ({100.0 * found / len(planted):.1f}%)"
     print(f"neurcore dissect: {summary}\n  report: {os.path.join(args.out, 'report', 'index.html')}")
+    return 0
+
+
+def _label(args) -> int:
+    from .errors import InputError
+    from .label import label
+
+    t0 = time.perf_counter()
+    try:
+        rows = label(args.model, args.layer, args.probe, methods=_methods(args.method), out_dir=args.out,
+                     weights=args.weights, rules=None if args.rules == "none" else args.rules,
+                     batch_size=args.batch_size, probe_images=args.probe_images, progress=not args.quiet,
+                     **_label_kwargs(args))
+    except (InputError, ValueError, RuntimeError) as exc:
+        print(f"neurcore label: error: {exc}", file=sys.stderr)
+        return 2
+    with open(os.path.join(args.out, "labels_summary.json")) as f:
+        summary = json.load(f)
+    lines = [f"neurcore label: {len(rows)} labels in {len(args.layer)} layer(s), {time.perf_counter() - t0:.1f} s"]
+    for layer, s in summary["layers"].items():
+        for m, v in s["methods"].items():
+            ar = "-" if v["activation_rate"] is None else f"{100 * v['activation_rate']:.1f}%"
+            r = "-" if v["simulation_r"] is None else f"{v['simulation_r']:.3f}"
+            lines.append(f"  {layer} {m}: {v['labelled']}/{v['units']} units labelled, mean AR {ar}, mean sim r {r}")
+    lines.append(f"  report: {os.path.join(args.out, 'report', 'labels.html')}")
+    print("\n".join(lines))
     return 0
 
 

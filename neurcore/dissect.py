@@ -67,7 +67,8 @@ def _planted_iou(formula, unit_row: BitMasks, concepts: ConceptSet) -> float:
 def dissect(model="default", layers=("conv4",), probe="default", *, method: str = "dissect", length: int = 3,
             beam: int = 5, out_dir: str = "dissection", weights: str | None = None, quantile: float = 0.005,
             batch_size: int = 64, units_per_part: int = 64, probe_images: int | None = None,
-            top_images: int = 5, report: bool = True, progress: bool = True) -> list[Explanation]:
+            top_images: int = 5, report: bool = True, progress: bool = True, methods=("rules",),
+            label_options: dict | None = None) -> list[Explanation]:
     """Dissect ``layers`` of ``model`` on ``probe`` and write results and a report to ``out_dir``.
 
     model: "default", a torchvision name, or a :class:`~neurcore.models.ModelSpec`.
@@ -76,8 +77,13 @@ def dissect(model="default", layers=("conv4",), probe="default", *, method: str 
     "optimal" (guaranteed-optimal formulas up to ``length``) or "clustered" (one formula per
     activation range).
     quantile: top quantile of each unit's activations that makes its mask (0.005).
-    Returns the explanations of every unit of every layer.
+    methods: method families to run: ``rules`` (the rule search ``method``, always) and any of
+    :data:`neurcore.label.METHODS` (clip-dissect, linex, sieve), which run on the same activation
+    cache, are verified beside the rules and added to the report (``label_options``: keyword
+    arguments of :func:`neurcore.label.label`).
+    Returns the explanations of every unit of every layer (rules first, then the labels).
     """
+    from .label import METHODS as LABEL_METHODS
     from .models import ModelSpec, load_model, resolve_layer
     from .probe import Probe, open_probe
 
@@ -89,6 +95,12 @@ def dissect(model="default", layers=("conv4",), probe="default", *, method: str 
 
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    methods = list(dict.fromkeys(methods))
+    bad = [m for m in methods if m != "rules" and m not in LABEL_METHODS]
+    if bad or "rules" not in methods:
+        raise InputError(f"--methods: expected rules and any of {', '.join(LABEL_METHODS)}, got "
+                         f"{', '.join(methods)} (neurcore label runs the labelling methods alone)")
+    label_methods = [m for m in methods if m != "rules"]
     spec = model if isinstance(model, ModelSpec) else load_model(model, weights, progress=progress)
     for name in layers:
         resolve_layer(spec.module, name)
@@ -128,14 +140,25 @@ def dissect(model="default", layers=("conv4",), probe="default", *, method: str 
         planted = [u for u in spec.planted if u.layer == name] if hasattr(the_probe, "concept_maps") else []
         all_results.extend(_search_layer(name, d, masks, a, concepts, method, length, beam, units_per_part, planted))
 
-    write_jsonl(os.path.join(out_dir, "results.jsonl"), all_results)
+    labels: list[Explanation] = []
+    if label_methods:
+        from .label import label
+
+        by_layer = {name: [r for r in all_results if r.layer == name] for name in layers}
+        labels = label(spec, layers, the_probe, methods=label_methods, out_dir=out_dir, rules=by_layer,
+                       batch_size=batch_size, report=False, progress=progress, **(label_options or {}))
+    write_jsonl(os.path.join(out_dir, "results.jsonl"), all_results + labels)
     write_csv(os.path.join(out_dir, "results.csv"), all_results)
     if report:
         from .report import write_report
 
         write_report(out_dir, all_results, settings, the_probe, concepts, acts, masks_by_layer,
                      top_images=top_images, seconds=time.perf_counter() - t0)
-    return all_results
+        if labels:
+            from .label_report import write_label_report
+
+            write_label_report(out_dir, the_probe, acts, top_images=top_images)
+    return all_results + labels
 
 
 def _search_layer(name, d, masks, acts, concepts, method, length, beam, units_per_part, planted) -> list[Explanation]:
@@ -165,6 +188,8 @@ def _search_layer(name, d, masks, acts, concepts, method, length, beam, units_pe
     if planted:
         first = masks.n - len(planted)
         for k, unit in enumerate(planted):
+            if unit.formula is None:  # a linear unit: LinEx's truth, not a formula's
+                continue
             r = out[first + k]
             target = masks[first + k]
             if method == "clustered" and r.ranges:  # judged on the highest range, the one reported

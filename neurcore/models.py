@@ -45,11 +45,25 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class PlantedUnit:
-    """A unit appended to ``layer`` whose activation is ``formula`` of the probe's concept maps."""
+    """A unit appended to ``layer`` whose activation is ``formula`` of the probe's concept maps
+    (a concept detector when the formula is one concept), or, when ``weights`` is given instead,
+    the linear mixture sum_k w_k * map_k of concept maps ((name, weight) pairs; LinEx's truth)."""
 
     layer: str
-    formula: Formula
+    formula: Formula | None = None
     noise: float = 0.05
+    weights: tuple[tuple[str, float], ...] | None = None
+
+    def __post_init__(self):
+        if (self.formula is None) == (self.weights is None):
+            raise ValueError("PlantedUnit: give exactly one of formula and weights")
+
+    @property
+    def label(self) -> str:
+        """The planted truth as text: the formula, or the mixture as ``1*sky + 2*circle - 2*red``."""
+        if self.formula is not None:
+            return str(self.formula)
+        return " ".join(f"{'-' if w < 0 else '+'} {abs(w):g}*{n}" for n, w in self.weights).lstrip("+ ")
 
 
 def resolve_layer(module, name: str):
@@ -118,6 +132,15 @@ DEFAULT_PLANTED = [
     "((sky OR cloud) AND NOT beach)", "((circle OR ring) AND NOT blue)", "((water OR sand) OR road)",
     "((red AND square) OR bar)",
 ]
+#: Planted linear units of the default model, appended to conv4 after the formula units: mixtures of
+#: concept maps with mixed signs (weights make each concept's share of the variance comparable:
+#: stuff covers about 40% of an image, an object about 5%).
+DEFAULT_PLANTED_LINEAR = [
+    (("sky", 1.0), ("circle", 2.0), ("red", -2.0)),
+    (("grass", 1.0), ("square", 2.0), ("purple", -2.0)),
+    (("water", 1.5), ("triangle", 2.0), ("yellow", -2.0)),
+    (("wall", 1.0), ("ring", 2.0), ("green", -2.0)),
+]
 
 
 def _build_cnn(n_outputs: int):
@@ -152,7 +175,8 @@ def default_model(*, progress: bool = True) -> ModelSpec:
         with atomic_path(path) as tmp:
             torch.save(module.state_dict(), tmp)
     module.eval()
-    planted = [PlantedUnit("conv4", parse(f)) for f in DEFAULT_PLANTED]
+    planted = ([PlantedUnit("conv4", parse(f)) for f in DEFAULT_PLANTED]
+               + [PlantedUnit("conv4", weights=w) for w in DEFAULT_PLANTED_LINEAR])
     return ModelSpec(module=module, name="default", input_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                      planted=planted, classes=list(world.concept_names), multilabel=True)
 

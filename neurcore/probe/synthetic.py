@@ -177,14 +177,17 @@ class SyntheticWorld(Probe):
         return builder.finish()
 
     # -------------------------------------------------------------- render
-    def render(self, formula: Formula | str, n: int, seed: int = 0, max_tries: int = 200):
+    def render(self, formula: Formula | str, n: int, seed: int = 0, max_tries: int = 200,
+               return_maps: bool = False):
         """n images in which ``formula`` (a concept name or formula) covers at least 1% of the pixels.
 
         The leaves of the formula that are not negated pin the scene or the first
         object's shape, colour or texture; images are then drawn until the
         formula's mask is large enough. Returns (images uint8 [n, s, s, 3],
-        masks bool [n, s, s]) or raises ValueError when the formula is
-        unsatisfiable in this world within ``max_tries`` draws per image.
+        masks bool [n, s, s]), plus the images' full concept maps bool
+        [n, n_concepts, s, s] as a third item when ``return_maps``, or raises
+        ValueError when the formula is unsatisfiable in this world within
+        ``max_tries`` draws per image.
         """
         f = parse(formula) if isinstance(formula, str) else formula
         forced = {}
@@ -195,7 +198,7 @@ class SyntheticWorld(Probe):
             if cat not in forced:
                 forced[cat] = name
         rng = np.random.default_rng([self.seed, 1_000_003, seed])
-        images, masks = [], []
+        images, masks, maps = [], [], []
         for _ in range(n):
             for _ in range(max_tries):
                 image, *labels = self._draw(rng, forced)
@@ -204,9 +207,12 @@ class SyntheticWorld(Probe):
                 if m.mean() >= 0.01:
                     images.append(image)
                     masks.append(m)
+                    maps.append(concept)
                     break
             else:
                 raise ValueError(f"render: could not draw {f} in {max_tries} tries")
+        if return_maps:
+            return np.stack(images), np.stack(masks), np.stack(maps)
         return np.stack(images), np.stack(masks)
 
 
