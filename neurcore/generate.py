@@ -25,7 +25,6 @@ Every backend is deterministic for a given ``(prompt, n, seed)``, and image
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import os
@@ -33,6 +32,7 @@ import os
 import numpy as np
 
 from .errors import InputError
+from .vlm import _quiet  # diffusers and transformers log while loading, as open_clip does
 
 __all__ = ["GENERATOR_CHOICES", "DiffusersGenerator", "Generator", "SyntheticGenerator", "build_tiny_pipeline",
            "load_generator"]
@@ -202,19 +202,6 @@ def _close_up(images, masks, maps, min_side: float):
 
 
 # ------------------------------------------------------------------ diffusers
-@contextlib.contextmanager
-def _quiet_diffusers():
-    """diffusers and transformers log and draw progress bars while loading: silenced here."""
-    import logging
-
-    before = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(before)
-
-
 class DiffusersGenerator(Generator):
     """A diffusers text-to-image pipeline saved in a local directory (nothing is downloaded).
 
@@ -252,7 +239,7 @@ class DiffusersGenerator(Generator):
         if "safety_checker" not in meta:
             kwargs = {}
         try:
-            with _quiet_diffusers():
+            with _quiet():
                 pipe = diffusers.DiffusionPipeline.from_pretrained(path, local_files_only=True, **kwargs)
         except Exception as e:  # diffusers raises many kinds for a broken directory
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -339,7 +326,7 @@ def build_tiny_pipeline(path: str, seed: int = 0, image_size: int = 32) -> str:
                                   clip_sample=False, set_alpha_to_one=False, steps_offset=1)
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    with _quiet_diffusers():
+    with _quiet():
         pipe.save_pretrained(path)
     import shutil
 

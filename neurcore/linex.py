@@ -54,6 +54,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ._atomic import atomic_open
+from .clip_dissect import _check_names, _finite_2d, _unit_ids, _unit_rows
 from .errors import InputError
 from .results import Explanation
 
@@ -476,50 +477,3 @@ def _check_params(lam, alpha, max_concepts, min_gain, candidates, ranking):
         raise InputError(f"min_gain must be finite, got {min_gain}")
     if ranking not in ("abs", "signed"):
         raise InputError(f"ranking must be 'abs' or 'signed' (the anchor's), got {ranking!r}")
-
-
-def _unit_ids(units, n_units: int) -> np.ndarray:
-    if units is None:
-        return np.arange(n_units)
-    ids = np.asarray(units)
-    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-        raise InputError(f"units must be a non-empty 1-d list of unit indices, got {units!r}")
-    bad = ids[(ids < 0) | (ids >= n_units)]
-    if bad.size:
-        raise InputError(f"units: index {int(bad[0])} is outside the layer's {n_units} units")
-    return ids.astype(np.int64)
-
-
-def _finite_2d(x, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{name} must be a numeric array: {e}") from None
-    if arr.ndim != 2:
-        raise InputError(f"{name} must be 2-d, got shape {arr.shape}")
-    if arr.dtype == bool:
-        arr = arr.astype(np.float64)
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise InputError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise InputError(f"{name} has a non-finite value ({arr[tuple(bad)]}) at {tuple(int(i) for i in bad)}")
-    return arr
-
-
-def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
-    x = x.astype(np.float64)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    if (norm == 0).any():
-        raise InputError(f"{name}: row {int(np.argmin(norm[:, 0]))} is the zero vector; it has no direction")
-    return x / norm
-
-
-def _check_names(names: list[str], field: str) -> None:
-    seen: dict[str, int] = {}
-    for i, n in enumerate(names):
-        if not n.strip():
-            raise InputError(f"{field}[{i}] is empty")
-        if n in seen:
-            raise InputError(f"{field}: duplicate concept name {n!r} (positions {seen[n]} and {i})")
-        seen[n] = i
