@@ -158,7 +158,11 @@ class OptimalSearch:
             top = -queue[0][0]
             if not self._worth(top, best, len(queue[0][1])):
                 certificate = max(certificate, top)
-                break
+                if top < best[0]:
+                    break  # bounds only fall from here on: nothing left can win
+                # A tie that cannot win for this node's length; a shorter node behind it still might.
+                heapq.heappop(queue)
+                continue
             if (max_nodes is not None and expanded >= max_nodes) or \
                     (time_budget is not None and time.perf_counter() - t0 > time_budget):
                 budget_hit = True
