@@ -92,11 +92,7 @@ class ClipDissect:
     """
 
     def __init__(self, image_text_sim: np.ndarray, names: Sequence[str]):
-        sim = _finite_2d(image_text_sim, "image_text_sim")
-        names = [str(n) for n in names]
-        if len(names) != sim.shape[1]:
-            raise InputError(f"image_text_sim has {sim.shape[1]} concept columns but {len(names)} names were given")
-        _check_names(names, "names")
+        sim, names = _concept_matrix(image_text_sim, names, "image_text_sim")
         if sim.shape[0] == 0 or sim.shape[1] == 0:
             raise InputError(f"image_text_sim is empty: shape {sim.shape}")
         self.sim = sim
@@ -395,6 +391,16 @@ def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
     if (norm == 0).any():
         raise InputError(f"{name}: row {int(np.argmin(norm[:, 0]))} is the zero vector; it has no direction")
     return x / norm
+
+
+def _concept_matrix(x, names: Sequence[str], field: str) -> tuple[np.ndarray, list[str]]:
+    """A finite 2-d [n_images, n_concepts] matrix and its n_concepts unique, non-empty names."""
+    arr = _finite_2d(x, field)
+    names = [str(n) for n in names]
+    if len(names) != arr.shape[1]:
+        raise InputError(f"{field} has {arr.shape[1]} concept columns but {len(names)} names were given")
+    _check_names(names, "names")
+    return arr, names
 
 
 def _check_names(names: list[str], field: str) -> None:

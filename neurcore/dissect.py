@@ -29,14 +29,16 @@ from .rules import ConceptSet, search
 __all__ = ["dissect"]
 
 
-def _manifest(out_dir: str, settings: dict) -> None:
-    path = os.path.join(out_dir, "manifest.json")
+def _manifest(out_dir: str, settings: dict, name: str = "manifest.json", what: str = "") -> None:
+    """Record ``settings`` in ``out_dir/name``; refuse a directory whose record differs (``layers`` add up).
+    ``what`` names the stage in the error (e.g. "labels ")."""
+    path = os.path.join(out_dir, name)
     if os.path.isfile(path):
         with open(path) as f:
             old = json.load(f)
         changed = {k for k in settings if k != "layers" and old.get(k) != settings[k]}
         if changed:
-            raise InputError(f"{out_dir}: made with other settings ({', '.join(sorted(changed))}); "
+            raise InputError(f"{out_dir}: {what}made with other settings ({', '.join(sorted(changed))}); "
                              "choose another --out to start afresh")
         settings = dict(settings, layers=list(dict.fromkeys(old.get("layers", []) + settings["layers"])))
     write_json(path, settings, indent=2)

@@ -56,18 +56,6 @@ def unit_scores(acts: np.ndarray, path: str | None = None, block: int = 256) -> 
     return out
 
 
-def _settings_check(path: str, settings: dict) -> None:
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
-        changed = sorted(k for k in settings if k != "layers" and old.get(k) != settings[k])
-        if changed:
-            raise InputError(f"{os.path.dirname(os.path.dirname(path))}: labels made with other settings "
-                             f"({', '.join(changed)}); choose another --out to start afresh")
-        settings = dict(settings, layers=list(dict.fromkeys(old.get("layers", []) + settings["layers"])))
-    write_json(path, settings, indent=2)
-
-
 def label(model="default", layers=("conv4",), probe="default", *, methods=METHODS, out_dir: str = "labels",
           weights: str | None = None, vlm: str = "default", vlm_weights: str | None = None,
           sim_vlm: str | None = "default-2", sim_vlm_weights: str | None = None, vocabulary=None,
@@ -90,6 +78,7 @@ def label(model="default", layers=("conv4",), probe="default", *, methods=METHOD
     Returns every row written to ``labels.jsonl``.
     """
     from . import activations as acts_mod
+    from .dissect import _manifest
     from .generate import Generator, load_generator
     from .models import ModelSpec, load_model, resolve_layer
     from .probe import Probe, SyntheticWorld, open_probe
@@ -128,8 +117,7 @@ def label(model="default", layers=("conv4",), probe="default", *, methods=METHOD
                 "vlm": explainer.cache_key, "sim_vlm": simulator.cache_key if simulator else None, "generator": gen.describe(),
                 "n_generated": n_generated, "similarity": similarity, "tau": tau, "top_n": top_n, "crop": crop,
                 "top_k": top_k, "max_k": max_k, "seed": seed, "vocabulary": len(vocab), "layers": layers}
-    os.makedirs(os.path.join(out_dir, "labels"), exist_ok=True)
-    _settings_check(os.path.join(out_dir, "labels", "manifest.json"), settings)
+    _manifest(out_dir, settings, name=os.path.join("labels", "manifest.json"), what="labels ")
 
     if isinstance(rules, str):  # a rule method to run (after every check above) and score beside the labels
         from .dissect import dissect

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from .label import unit_scores
 from .report import THUMB, _page, _strip, _write
 from .results import read_jsonl
 
@@ -72,8 +73,9 @@ def write_label_report(out_dir: str, probe, acts, *, top_images: int = 5) -> str
         layer_dir = os.path.join(out_dir, "labels", layer.replace("/", "_"))
         rows = read_jsonl(os.path.join(layer_dir, "labels.jsonl"))
         sections.append(_summary_section(layer, safe, s))
+        score = unit_scores(acts[layer], os.path.join(out_dir, "layers", layer.replace("/", "_"), "scores.npy"))
         _write(os.path.join(root, f"labels-{safe}.html"),
-               _layer_page(layer, safe, rows, acts[layer], probe, _generated(layer_dir), img_dir, top_images))
+               _layer_page(layer, safe, rows, acts[layer], score, probe, _generated(layer_dir), img_dir, top_images))
     auc = summary.get("vlm_concept_auc")
     auc_html = ""
     if auc:
@@ -125,13 +127,10 @@ def _summary_section(layer: str, safe: str, s: dict) -> str:
     return out
 
 
-def _layer_page(layer, safe, rows, a, probe, generated, img_dir, top_images) -> str:
+def _layer_page(layer, safe, rows, a, score, probe, generated, img_dir, top_images) -> str:
     from PIL import Image
 
-    n, c = a.shape[:2]
-    score = np.empty((n, c), np.float32)
-    for s in range(0, n, 256):
-        score[s : s + 256] = np.asarray(a[s : s + 256], dtype=np.float32).mean(axis=(2, 3))
+    c = a.shape[1]
     top = np.argsort(-score, axis=0, kind="stable")[:top_images].T
     peak = np.asarray(a[np.unique(top)]).max(axis=(0, 2, 3)) if len(top) else np.ones(c)
     images = {int(i): probe.images(int(i), int(i) + 1)[0] for i in np.unique(top)}

@@ -54,7 +54,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ._atomic import atomic_open
-from .clip_dissect import _check_names, _finite_2d, _unit_ids, _unit_rows
+from .clip_dissect import _check_names, _concept_matrix, _finite_2d, _unit_ids, _unit_rows
 from .errors import InputError
 from .results import Explanation
 
@@ -118,11 +118,7 @@ class LinEx:
     """
 
     def __init__(self, P: np.ndarray, names: Sequence[str]):
-        P = _finite_2d(P, "P")
-        names = [str(n) for n in names]
-        if len(names) != P.shape[1]:
-            raise InputError(f"P has {P.shape[1]} concept columns but {len(names)} names were given")
-        _check_names(names, "names")
+        P, names = _concept_matrix(P, names, "P")
         if P.shape[0] < 5 or P.shape[1] == 0:
             raise InputError(f"P needs >= 5 images and >= 1 concept, got shape {P.shape}")
         lo, hi = float(P.min()), float(P.max())

@@ -120,11 +120,13 @@ class Sieve:
         an interrupted run does not redo verified hypotheses). The global mean-AR filter runs last."""
         from tqdm import tqdm
 
-        acts = np.asarray(acts) if not isinstance(acts, np.memmap) else acts
+        from .label import unit_scores
+
+        acts = np.asarray(acts)  # a memmap stays on disk: asarray makes a view, not a copy
         if acts.ndim != 4:
             raise InputError(f"SIEVE: activations must be maps [n_images, units, h, w], got shape {acts.shape}")
         if scores is None:
-            scores = np.asarray(acts, dtype=np.float32).mean(axis=(2, 3))
+            scores = unit_scores(acts)
         if scores.shape != acts.shape[:2]:
             raise InputError(f"SIEVE: scores {scores.shape} do not match activations {acts.shape[:2]}")
         if probe.n_images != len(scores):
