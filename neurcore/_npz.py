@@ -22,7 +22,29 @@ from .rules import ConceptSet
 __all__ = ["InputError", "load_concepts", "load_units", "binarize_top_quantile", "search_npz"]
 
 
-def _open(path) -> dict:
+class _Header:
+    """Shape and dtype of an array left in its file, to be packed by ``_stream_bits``."""
+
+    def __init__(self, shape: tuple, dtype: np.dtype):
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+#: Bytes of bool masks read at a time when packing a mask array straight from its file.
+_CHUNK_BYTES = 8 << 20
+
+
+def _read_header(f) -> tuple:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(f)  # shape, fortran_order, dtype
+
+
+def _open(path, stream: tuple = ()) -> dict:
+    """The arrays of an .npz by name. C-ordered bool arrays named in ``stream`` are not read here
+    but given as a ``_Header``: packing them chunk by chunk never holds the whole bool array."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
@@ -30,13 +52,44 @@ def _open(path) -> dict:
         raise InputError(f"{path}: not a readable .npz file (not a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            out = {}
+            for k in data.files:
+                if k in stream:
+                    with zipfile.ZipFile(path) as z, z.open(f"{k}.npy") as f:
+                        shape, fortran, dtype = _read_header(f)
+                    if dtype.kind == "b" and not fortran and len(shape) >= 2 and shape[0] > 0:
+                        out[k] = _Header(shape, dtype)
+                        continue
+                out[k] = data[k]
+            return out
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise InputError(f"{path}: holds object arrays; store names as a numpy string array") from None
         raise InputError(f"{path}: not a readable .npz file ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+
+
+def _bits(arr, path, key: str) -> BitMasks:
+    """BitMasks of a bool array, or of one left in the file (packed ``_CHUNK_BYTES`` at a time)."""
+    if not isinstance(arr, _Header):
+        return BitMasks.from_dense(arr)
+    n, row = arr.shape[0], int(np.prod(arr.shape[1:], dtype=np.int64))
+    per = max(1, _CHUNK_BYTES // row)
+    buf = np.empty(min(per, n) * row, np.uint8)
+    parts = []
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as z, z.open(f"{key}.npy") as f:
+            _read_header(f)
+            for s in range(0, n, per):
+                view = buf[: min(per, n - s) * row]
+                got = f.readinto(memoryview(view))
+                if got != view.nbytes:
+                    raise InputError(f"{path}: {key!r} is truncated (rows {s} onwards missing)")
+                parts.append(BitMasks.from_dense(view.view(bool).reshape((-1,) + arr.shape[1:]), "dense"))
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+    return BitMasks.concat(parts).as_layout("auto")
 
 
 def _require(data: dict, path, key: str) -> np.ndarray:
@@ -65,7 +118,7 @@ def _strings(arr: np.ndarray, path, key: str, n: int) -> list[str]:
 
 def load_concepts(path) -> ConceptSet:
     """A ConceptSet from ``C.npz`` (masks, names, optional categories)."""
-    data = _open(path)
+    data = _open(path, stream=("masks",))
     masks = _masks(_require(data, path, "masks"), path, "masks", "n_concepts")
     names = _strings(_require(data, path, "names"), path, "names", len(masks))
     seen: dict[str, int] = {}
@@ -74,7 +127,7 @@ def load_concepts(path) -> ConceptSet:
             raise InputError(f"{path}: 'names' has duplicate concept name {name!r} (entries {seen[name]} and {i})")
         seen[name] = i
     cats = _strings(data["categories"], path, "categories", len(masks)) if "categories" in data else None
-    return ConceptSet(BitMasks.from_dense(masks), names, cats)
+    return ConceptSet(_bits(masks, path, "masks"), names, cats)
 
 
 def binarize_top_quantile(activations: np.ndarray, quantile: float = 0.005) -> BitMasks:
@@ -89,7 +142,7 @@ def binarize_top_quantile(activations: np.ndarray, quantile: float = 0.005) -> B
 
 def load_units(path, sample_shape: tuple, quantile: float = 0.005) -> BitMasks:
     """Unit masks from ``U.npz`` (``masks``, or ``activations`` binarized at the top ``quantile``)."""
-    data = _open(path)
+    data = _open(path, stream=("masks",))
     if "masks" in data and "activations" in data:
         raise InputError(f"{path}: holds both 'masks' and 'activations'; keep one")
     if "masks" in data:
@@ -113,7 +166,7 @@ def load_units(path, sample_shape: tuple, quantile: float = 0.005) -> BitMasks:
     if tuple(shape) != tuple(sample_shape):
         raise InputError(f"{path}: {key!r} is over samples {tuple(shape)} but the concept masks are over "
                          f"{tuple(sample_shape)}")
-    return BitMasks.from_dense(masks) if masks is not None else binarize_top_quantile(acts, quantile)
+    return _bits(masks, path, "masks") if masks is not None else binarize_top_quantile(acts, quantile)
 
 
 def search_npz(concepts_path, units_path, out=None, *, method: str = "beam", length: int = 3, beam: int = 5,

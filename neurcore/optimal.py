@@ -141,18 +141,38 @@ class OptimalSearch:
             best = (float(by_key.flat[k2]), 2, (int(i), int(o), int(j)))
         if length == 2:
             return settled(self._result(best, names))
-        # Branch and bound from the length-2 nodes: a heap of (-bound, leaves, ops).
-        table = self._pair_table() if length == 3 else None
-        if table is not None:
-            bound2 = self._child_bounds(table, f2, fa2, a, ca, c_cnt)
-        else:
-            bound2 = self._bounds(f2, fa2, a, m, length - 2)
+        # Branch and bound from the length-2 nodes: a heap of (-bound, leaves, ops). Only nodes whose
+        # subtree can beat the best so far are queued (it only improves); the others' bounds go to the
+        # certificate. The cheap bound screens the nodes before the tighter table bound is computed.
+        bound2 = self._bounds(f2, fa2, a, m, length - 2)
         bound2[np.arange(n), np.arange(n)] = -np.inf
-        live = np.flatnonzero(np.isfinite(bound2))
-        queue = [(-float(bound2.flat[k]), (int(k // (n * 3)), int((k // 3) % n)), (int(k % 3),)) for k in live]
-        heapq.heapify(queue)
-        expanded = 0
         certificate = 0.0  # largest bound of a subtree not expanded
+        queue, expanded = [], 0
+        if best[1] == 2 and (max_nodes is None or max_nodes > 0):
+            # The best length-2 formula's children first: a strong incumbent prunes most nodes unseen.
+            i, o, j = best[2]
+            if self._worth(bound2[i, j, o], best, 2):
+                best, scored, queue, certificate = self._expand([(0.0, (i, j), (o,))], CA, a, ca, c_cnt, f2, m,
+                                                                length, best, scored)
+                expanded = 1
+            else:
+                certificate = float(bound2[i, j, o])
+            bound2[i, j, o] = -np.inf
+
+        def worth(bounds):  # self._worth for length-2 nodes, elementwise
+            return (bounds > best[0]) | ((bounds == best[0]) & (best[1] > 2))
+        live = worth(bound2)
+        table = self._pair_table() if length == 3 else None
+        if table is not None and live.any():
+            i, j, o = np.nonzero(live)
+            bound2[i, j, o] = self._child_bounds(table, f2, fa2, a, ca, c_cnt, i, j, o)
+            live = worth(bound2)
+        dead = np.isfinite(bound2) & ~live
+        if dead.any():
+            certificate = max(certificate, float(bound2[dead].max()))
+        i, j, o = np.nonzero(live)
+        queue += [(-float(b), (int(x), int(y)), (int(z),)) for b, x, y, z in zip(bound2[i, j, o], i, j, o)]
+        heapq.heapify(queue)
         budget_hit = False
         while queue:
             top = -queue[0][0]
@@ -193,30 +213,28 @@ class OptimalSearch:
         return np.minimum(bound, 1.0)
 
     @staticmethod
-    def _child_bounds(table, f2, fa2, a, ca, c_cnt) -> np.ndarray:
-        """Tighter bounds for the children of every length-2 formula F = (i op j) -> [n, n, 3].
+    def _child_bounds(table, f2, fa2, a, ca, c_cnt, i, j, o) -> np.ndarray:
+        """Tighter bounds for the children of the length-2 formulas F = (i[g] op o[g] j[g]) -> [g].
 
         With |F ∧ C| known (the table), the only unknown of a child's IoU is x = |F ∧ C ∧ A|, and
         IoU is monotone in x: increasing for F AND C, decreasing for F OR C and F AND NOT C. So each
         child is bounded at x's extreme: x <= min(|F∧A|, |C∧A|, |F∧C|) and
         x >= max(0, |F∧A| + |C∧A| - |A|, |F∧C| - min(|F| - |F∧A|, |C| - |C∧A|)).
         """
-        n = len(ca)
-        fc = table.transpose(0, 2, 1, 3)  # [i, j, op, k]
-        f, fa = f2[..., None], fa2[..., None]  # [i, j, op, 1]
-        c, cA = c_cnt[None, None, None, :], ca[None, None, None, :]
+        fc = table[i, o, j]  # [g, n]
+        f, fa = f2[i, j, o][:, None], fa2[i, j, o][:, None]
+        c, cA = c_cnt[None, :], ca[None, :]
         x_hi = np.minimum(np.minimum(fa, cA), fc)
-        x_lo = np.maximum(np.maximum(0, fa + cA - a), fc - np.minimum(f - fa, c - cA))
-        bound = np.maximum.reduce([
-            _iou(fa + cA - x_lo, f + c - fc + a - (fa + cA - x_lo)),   # F OR C
-            _iou(x_hi, fc + a - x_hi),                                  # F AND C
-            _iou(fa - x_lo, f - fc + a - (fa - x_lo)),                   # F AND NOT C
-        ])
-        ii = np.arange(n)
-        k = ii[None, None, None, :]
-        in_formula = (ii[:, None, None, None] == k) | (ii[None, :, None, None] == k)
-        bound = np.where(in_formula, -np.inf, bound)  # children use distinct concepts
-        return bound.max(axis=3).clip(max=1.0)
+        x_lo = np.maximum(np.maximum(fa + cA - a, 0), fc - np.minimum(f - fa, c - cA))
+        # Every union below is at least |A| >= 1, so plain division is exact IoU.
+        hit = fa + cA - x_lo
+        bound = hit / (f + c - fc + a - hit)                        # F OR C
+        np.maximum(bound, x_hi / (fc + a - x_hi), out=bound)      # F AND C
+        hit = fa - x_lo
+        np.maximum(bound, hit / (f - fc + a - hit), out=bound)    # F AND NOT C
+        g = np.arange(len(i))
+        bound[g, i] = bound[g, j] = -np.inf  # children use distinct concepts
+        return bound.max(axis=1).clip(max=1.0)
 
     @staticmethod
     def _worth(bound: float, best, node_len: int) -> bool:
@@ -252,7 +270,7 @@ class OptimalSearch:
             cand[g, list(lv)] = -np.inf  # distinct concepts
         scored += int(np.isfinite(cand).sum())
         top = float(cand.max()) if cand.size else -np.inf
-        if top >= best[0]:
+        if top > best[0] or (top == best[0] and best[1] >= k + 1):  # a longer tie cannot win
             for g, c, o in zip(*np.nonzero(cand == top)):
                 key = tuple(_interleave(leaves[g], ops[g])) + (int(o), int(c))
                 cand_best = (top, k + 1, key)

@@ -152,3 +152,30 @@ def test_search_optimal_and_clustered_methods(files, tmp_path):
     assert len(rows) == 3 and all(len(r["ranges"]) == 5 for r in rows)
     res = run("--concepts", d / "C.npz", "--units", d / "U.npz", "--out", tmp_path / "x.jsonl", "--method", "clustered")
     assert res.returncode == 2 and "needs an array 'activations'" in res.stderr
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_masks_are_packed_from_the_file_in_chunks(tmp_path, monkeypatch, compress):
+    """Masks are read a few rows at a time (never the whole bool array), compressed or not; the bits
+    equal packing the loaded array, and a truncated file is a clear error."""
+    from neurcore import BitMasks, _npz
+
+    monkeypatch.setattr(_npz, "_CHUNK_BYTES", 500)  # rows of 3 x 7 x 9 = 189 bytes: 2 rows a chunk
+    rng = np.random.default_rng(5)
+    masks = rng.random((11, 3, 7, 9)) < 0.3
+    masks[4] = False
+    masks[5] = True
+    save = np.savez_compressed if compress else np.savez
+    save(tmp_path / "C.npz", masks=masks, names=np.array([f"c{i}" for i in range(11)]))
+    save(tmp_path / "U.npz", masks=np.asfortranarray(masks[:3]))  # Fortran order: read whole
+    concepts = _npz.load_concepts(tmp_path / "C.npz")
+    assert np.array_equal(concepts.masks.to_dense(), masks)
+    assert concepts.masks.layout == BitMasks.from_dense(masks).layout
+    assert np.array_equal(_npz.load_units(tmp_path / "U.npz", (3, 7, 9)).to_dense(), masks[:3])
+    if not compress:
+        data = (tmp_path / "C.npz").read_bytes()
+        cut = 800  # inside the masks member's data (header ~200 bytes, then 11 x 189 bytes)
+        assert data[:4] == b"PK\x03\x04" and data[30:39] == b"masks.npy"
+        (tmp_path / "T.npz").write_bytes(data[:cut] + bytes(255 - b for b in data[cut:cut + 64]) + data[cut + 64:])
+        with pytest.raises(_npz.InputError, match="T.npz"):
+            _npz.load_concepts(tmp_path / "T.npz")
