@@ -7,10 +7,12 @@ Captum the precomputed activations, to separate the two sources of gain.
 Pairs: the default model's logit <- conv4 (1 upper neuron, 128 x 8 x 8 below) and conv4 <- conv3
 (16 upper neurons), and a ResNet-18 block pair layer3.0 -> layer3.1 (256 x 14 x 14, random
 weights, 2 upper neurons: the Captum loop costs seconds per neuron there). Peak memory is the
-process's resident set sampled every millisecond, minus its value before the call.
+process's resident set sampled every millisecond, minus its value before the call (after freed heap
+pages are given back to the OS, so memory the allocator reuses counts).
 Devices: cpu, and cuda when a GPU is usable (set NEURCORE_BENCH_DEVICES=cuda to run only that).
 """
 
+import contextlib
 import os
 import threading
 import time
@@ -31,12 +33,21 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _trim():
+    """Give freed heap pages back to the OS, so that memory reused from earlier work counts in the RSS."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def peak_memory(fn):
     """(result, peak bytes above the start): RSS on the CPU, the allocator's peak on a GPU."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start_gpu = torch.cuda.memory_allocated()
+    _trim()
     start, peak, done = _rss(), [0], threading.Event()
 
     def sample():
@@ -230,3 +241,76 @@ def test_machine_conv_throughput(benchmark):
     benchmark.group = "machine"
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(gflop_per_s=round(2 * counter.get_total_flops() / benchmark.stats.stats.median / 1e9, 1))
+
+
+class _CaptumNeurFlow:
+    """NeurFlow with its importance computed the per-neuron way: one Captum ``IntegratedGradients``
+    call per upper neuron over its top-k crops, whose lower activations are computed for it."""
+
+    @staticmethod
+    def make(spec, layers, config):
+        from neurcore.attribution import layer_function
+        from neurcore.neurflow import NeurFlow
+
+        class CaptumNeurFlow(NeurFlow):
+            def _importance(self, lower, upper, targets, examples):
+                net_a, net_b = _upto(self.spec.module, lower), layer_function(self.spec.module, lower, upper)
+                with torch.no_grad():
+                    return _captum_per_neuron(net_b, lambda e: net_a(self.crops[e]).detach(),
+                                              torch.as_tensor(targets), torch.as_tensor(examples), "cpu",
+                                              self.config.n_steps).cpu().numpy()
+
+        return CaptumNeurFlow(spec, layers, config)
+
+
+def _captum_per_neuron(net_b, acts_of, targets, examples, device, n_steps):
+    """|IG| [T, k, C] per (target, example), the layout NeurFlow's importance has."""
+    def f(z):
+        y = net_b(z)
+        return y.mean((2, 3)) if y.dim() == 4 else y
+
+    ig = captum_attr.IntegratedGradients(f)
+    rows = [ig.attribute(acts_of(examples[i]), target=t, n_steps=n_steps).mean((2, 3)).abs()
+            for i, t in enumerate(targets.tolist())]
+    _sync(device)
+    return torch.stack(rows)
+
+
+CIRCUIT = ["conv4", "conv3", "conv2"]
+
+
+@pytest.fixture(scope="module")
+def circuit_case():
+    from neurcore.circuit import class_images
+    from neurcore.models import load_model
+    from neurcore.probe import open_probe
+
+    spec = load_model("default", progress=False)
+    c = spec.classes.index("circle")
+    images, _ = class_images(spec, open_probe("default"), c, max_images=20)
+    return spec, images, c, {}
+
+
+@pytest.mark.parametrize("how", ["neurcore", "captum"])
+def test_whole_circuit(benchmark, circuit_case, how):
+    """The whole NeurFlow circuit of the default model's "circle" over conv4 > conv3 > conv2 (crops,
+    forward pass, importance of every pair, groups), with neurcore's importance or the Captum loop."""
+    from neurcore.neurflow import NeurFlow, NeurFlowConfig
+
+    spec, images, c, shared = circuit_case
+    config = NeurFlowConfig(n_steps=STEPS, top_k=K)
+
+    def run():
+        flow = NeurFlow(spec, CIRCUIT, config) if how == "neurcore" else _CaptumNeurFlow.make(spec, CIRCUIT, config)
+        return flow, flow.run(images, c)
+
+    (flow, levels), peak = peak_memory(run)
+    benchmark.group = "NeurFlow whole circuit, default model (cpu)"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    targets = sum(len(level.neurons) for level in levels[:-1])
+    benchmark.extra_info.update(role="neurcore" if how == "neurcore" else "baseline", per="circuit", work=1,
+                                peak_mib=round(peak / 2**20, 1), upper_neurons=targets,
+                                neurons_per_level=[len(level.neurons) for level in levels])
+    shared[how] = flow.core_neurons()
+    if len(shared) == 2:  # the same circuit either way
+        assert shared["neurcore"] == shared["captum"]

@@ -18,6 +18,7 @@ computed (:func:`restrict_output`), which removes most of the backward pass's wo
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -432,6 +433,52 @@ _CHANNELWISE = ("ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh",
                 "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "Dropout2d")
 
 
+def _is_residual_block(module) -> bool:
+    """torchvision's ResNet ``BasicBlock`` or ``Bottleneck`` (by name and parts, so torchvision is
+    not imported): ``relu(bn_last(conv_last(...)) + identity)``, identity = x or downsample(x)."""
+    kind = type(module).__name__
+    last = {"BasicBlock": "2", "Bottleneck": "3"}.get(kind)
+    return last is not None and all(hasattr(module, a) for a in (f"conv{last}", f"bn{last}", "relu", "downsample"))
+
+
+@functools.cache
+def _residual_class():  # torch is imported lazily, so the class is built on first use
+    import torch
+    import torch.nn as nn
+
+    class RestrictedResidual(nn.Module):
+        """A ResNet block computing only output channels ``idx``: the last convolution and batch
+        norm of the body, and the identity (sliced) or downsample path (restricted)."""
+
+        def __init__(self, block, idx):
+            super().__init__()
+            last = "2" if type(block).__name__ == "BasicBlock" else "3"
+            self.body = nn.ModuleList()
+            for k in range(1, int(last)):
+                self.body.append(nn.Sequential(getattr(block, f"conv{k}"), getattr(block, f"bn{k}"), block.relu))
+            self.head = _restricted_module(nn.Sequential(getattr(block, f"conv{last}"), getattr(block, f"bn{last}")),
+                                           idx)
+            self.downsample = None if block.downsample is None else _restricted_module(block.downsample, idx)
+            self.relu = block.relu
+            self.register_buffer("idx", torch.as_tensor(list(idx), dtype=torch.int64,
+                                                        device=getattr(block, f"conv{last}").weight.device))
+            self.ok = self.head is not None and (block.downsample is None or self.downsample is not None)
+
+        def forward(self, x):
+            identity = x.index_select(1, self.idx) if self.downsample is None else self.downsample(x)
+            out = x
+            for part in self.body:
+                out = part(out)
+            return self.relu(self.head(out) + identity)
+
+    return RestrictedResidual
+
+
+def _restricted_residual(block, idx):
+    module = _residual_class()(block, idx).eval()
+    return module if module.ok else None
+
+
 def _restricted_module(module, channels):
     """``module`` computing only output ``channels``, or None where that is not known to be exact."""
     import torch.nn as nn
@@ -449,6 +496,8 @@ def _restricted_module(module, channels):
     if isinstance(module, nn.Conv2d) and module.groups == 1:
         return rows_of(nn.Conv2d(module.in_channels, len(idx), module.kernel_size, module.stride, module.padding,
                                  module.dilation, 1, module.bias is not None, module.padding_mode))
+    if _is_residual_block(module):
+        return _restricted_residual(module, idx)
     if isinstance(module, nn.Sequential) and len(module) > 0:
         tail = []
         for i in range(len(module) - 1, -1, -1):
@@ -514,14 +563,20 @@ class LayerToLayerIntegratedGradients:
     the k examples. Equal to Captum's ``IntegratedGradients(net).attribute(x[examples[t]], target=t)``
     (with net's output averaged over space) averaged over space (tested). All (target, example) pairs are batched
     together; each chunk of pairs computes only its own targets' channels when the upper end of
-    the layer function allows it, and its size is bounded by ``chunk_bytes``.
+    the layer function allows it (a last convolution or linear layer, or a ResNet block), and its
+    size is bounded by ``chunk_bytes``. The default (None) bounds a chunk's interpolated rows by
+    ``AUTO_CHUNK_FRACTION`` of one target's k x n_steps (what one per-neuron Captum call holds at
+    once) and by ``CHUNK_BYTES``, so peak memory stays a small fraction of that call's.
     """
 
+    #: With ``chunk_bytes=None``: a chunk holds at most this fraction of one target's k x n_steps rows.
+    AUTO_CHUNK_FRACTION = 1 / 8
+
     def __init__(self, model, lower: str, upper: str | None = None, *, net=None, backend: str | None = None,
-                 chunk_bytes: int = CHUNK_BYTES, restrict: bool = True):
+                 chunk_bytes: int | None = None, restrict: bool = True):
         self.net = net if net is not None else layer_function(model, lower, upper)
         self.backend = backend
-        self.chunk_bytes = int(chunk_bytes)
+        self.chunk_bytes = None if chunk_bytes is None else int(chunk_bytes)
         self.restrict = restrict
 
     def attribute(self, lower_activations, targets, examples, baselines=None, n_steps: int = 50,
@@ -551,17 +606,24 @@ class LayerToLayerIntegratedGradients:
         pair_row = examples.reshape(-1)
         row_bytes = c * spatial * x.element_size()
         # Pairs per chunk and steps per chunk: interpolated rows <= chunk_bytes / row_bytes.
-        rows = max(1, self.chunk_bytes // max(1, row_bytes))
+        if self.chunk_bytes is None:
+            rows = max(1, min(CHUNK_BYTES // max(1, row_bytes), int(k * n_steps * self.AUTO_CHUNK_FRACTION)))
+        else:
+            rows = max(1, self.chunk_bytes // max(1, row_bytes))
         pairs_per_chunk = max(1, min(len(pair_row), rows // n_steps if rows >= n_steps else 1))
         steps_per_chunk = max(1, min(n_steps, rows // pairs_per_chunk))
         w_all = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
         from . import _ig
 
+        restricted = {}  # target channels -> the net computing only them, shared by the chunks
         for p0 in range(0, len(pair_row), pairs_per_chunk):
             sel = slice(p0, p0 + pairs_per_chunk)
             tgt = pair_target[sel]
             chunk_targets, column = torch.unique(tgt, return_inverse=True)
-            net = restrict_output(self.net, chunk_targets.tolist()) if self.restrict else None
+            key = tuple(chunk_targets.tolist())
+            if self.restrict and key not in restricted:
+                restricted[key] = restrict_output(self.net, list(key))
+            net = restricted.get(key)
             if net is None:
                 net, column = self.net, tgt
             pts = x[pair_row[sel].to(x.device)]

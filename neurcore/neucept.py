@@ -5,11 +5,19 @@ Works on arrays: ``X`` [n_samples, n_neurons] is a layer's activations over a da
 averaged over space) and ``y`` [n_samples] the logit of the class explained.
 
 Critical neurons (:func:`critical_neurons`). Model-X knockoffs from ``knockpy``, as the anchor
-(``KnockoffFilter(ksampler="gaussian", fstat="lasso")``): Gaussian knockoffs of the activations,
-the cross-validated lasso coefficient difference ``W_j = |b_j| - |b~_j|``, and the knockoff+
-threshold, which keeps the false discovery rate at most ``fdr``. Repeated ``n_runs`` times with
-fresh knockoffs (and rows, with ``max_samples``); a neuron's score is the fraction of runs that
-select it. Practicalities:
+(``KnockoffFilter(ksampler="gaussian", fstat=...)``): Gaussian knockoffs of the activations, a
+coefficient difference ``W_j = |b_j| - |b~_j|``, and the knockoff+ threshold, which keeps the
+false discovery rate at most ``fdr``. Repeated ``n_runs`` times with fresh knockoffs (and rows,
+with ``max_samples``); a neuron's score is the fraction of runs that select it. Practicalities:
+
+- The statistic defaults to the debiased lasso (``"dlasso"``), not the anchor's cross-validated
+  lasso (``"lasso"``, still available). Channels of a layer are related to each other non-linearly,
+  which Gaussian knockoffs do not reproduce, and the lasso's shrinkage lets a null channel that
+  stands in for signal channels win over its knockoff. On the planted circuit (conv4, where the
+  class logit depends on 12 known channels only), over 12 independent data sets of 1,000 images at
+  fdr 0.1: lasso's false discovery proportion averaged 0.14 (the same two null channels, predicted
+  by the signals with R^2 0.83-0.88, chosen in 8 of 12), the debiased lasso's 0.00 with recall
+  0.92. On Gaussian data both control the FDR; the debiased lasso has less power there.
 
 - Constant neurons (zero variance, e.g. dead ReLU channels) are never selectable: they are dropped
   before the knockoffs and indices are mapped back; their frequency is 0.
@@ -49,7 +57,7 @@ from .errors import InputError
 
 __all__ = ["CriticalNeurons", "Mechanisms", "critical_neurons", "label_entropy", "mechanisms"]
 
-STATISTICS = ("lasso", "lsm", "ridge", "ols", "margcorr")
+STATISTICS = ("dlasso", "lasso", "lsm", "ridge", "ols", "margcorr")
 SAMPLERS = ("gaussian",)
 KNOCKOFF_METHODS = ("mvr", "mmi", "sdp", "equicorrelated")
 CLUSTER_METHODS = ("kmeans", "gmm", "agglomerative")
@@ -169,7 +177,7 @@ def critical_neurons(
     *,
     fdr: float = 0.1,
     n_runs: int = 10,
-    statistic: str = "lasso",
+    statistic: str = "dlasso",
     sampler: str = "gaussian",
     min_frequency: float = 0.5,
     seed: int = 0,
@@ -183,7 +191,8 @@ def critical_neurons(
     fdr: target false discovery rate of each run, in (0, 1). n_runs: knockoff runs, each with its
     own knockoffs (seeded from ``seed``) and, if ``max_samples`` is set and smaller than n_samples,
     its own random subset of that many rows. statistic: knockpy feature statistic, one of
-    ``STATISTICS`` ("lasso": cross-validated lasso coefficient difference, the anchor's).
+    ``STATISTICS`` ("dlasso": debiased lasso coefficient difference, see the module docstring;
+    "lasso": the cross-validated lasso, the anchor's).
     sampler: "gaussian" (model-X Gaussian knockoffs). min_frequency: in (0, 1], the selection
     frequency a neuron needs to be in ``selected``. knockoff_method: knockpy's S-matrix method,
     one of ``KNOCKOFF_METHODS``. knockoff_plus: True for knockoff+ (FDR control; selects nothing

@@ -224,3 +224,31 @@ def test_argument_errors():
         l2l.attribute(torch.randn(4, 12, 5, 5), [0, 1], torch.zeros(3, 2, dtype=torch.int64))
     with pytest.raises(InputError, match="rows 0..3"):
         l2l.attribute(torch.randn(4, 12, 5, 5), [0], torch.tensor([[7]]))
+
+
+@pytest.mark.parametrize("arch, lower, upper", [("resnet18", "layer1.0", "layer1.1"),
+                                                ("resnet50", "layer1.2", "layer2.0")])
+def test_residual_blocks_are_restricted(arch, lower, upper):
+    """A ResNet block ending the layer function (add + ReLU) computes only the asked channels, with the
+    identity sliced or the downsample path restricted; the IG through it still equals Captum's."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    full = A.layer_function(model, lower, upper)
+    seen = {}
+    hook = model.get_submodule(lower).register_forward_hook(lambda _m, _i, out: seen.update(x=out))
+    with torch.no_grad():
+        model(torch.randn(3, 3, 32, 32))
+    hook.remove()
+    x = seen["x"]
+    part = A.restrict_output(full, [5, 1, 7])
+    assert part is not None and "RestrictedResidual" in {type(m).__name__ for m in part.modules()}
+    with torch.no_grad():
+        assert torch.allclose(part(x), full(x)[:, [5, 1, 7]], atol=1e-5)
+    targets, examples = torch.tensor([5, 1]), torch.tensor([[0, 2], [1, 0]])
+    ours = A.LayerToLayerIntegratedGradients(model, lower, upper).attribute(x, targets, examples, n_steps=6)
+    close(ours, captum_loop(full, x, targets, examples, 6))

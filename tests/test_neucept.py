@@ -36,13 +36,13 @@ def false_discovery_proportions(result, true):
     return np.array([len(np.setdiff1d(s, true)) / max(1, len(s)) for s in result.runs])
 
 
-def fdr_and_power(*, k, amplitude, rho, fdr, n_data):
+def fdr_and_power(*, k, amplitude, rho, fdr, n_data, statistic="dlasso"):
     """Empirical FDR over ``n_data`` independent planted data sets x 5 knockoff runs each, its Monte
     Carlo standard error, the mean selection frequency of the signals, and the selected sets."""
     per_data, power, selected = [], [], []
     for seed in range(n_data):
         X, y, true = planted(seed, k=k, amplitude=amplitude, rho=rho)
-        result = critical_neurons(X, y, fdr=fdr, n_runs=5, seed=seed)
+        result = critical_neurons(X, y, fdr=fdr, n_runs=5, seed=seed, statistic=statistic)
         per_data.append(false_discovery_proportions(result, true).mean())
         power.append(result.frequency[true].mean())
         selected.append((true, result.selected, np.mean([len(s) for s in result.runs])))
@@ -70,13 +70,15 @@ def test_planted_neurons_are_selected():
 FDR_SETTING = {"k": 20, "amplitude": 0.3, "rho": 0.8, "fdr": 0.1, "n_data": 20}
 
 
-def test_fdr_is_controlled():
+@pytest.mark.parametrize("statistic, min_power", [("dlasso", 0.45), ("lasso", 0.6)])
+def test_fdr_is_controlled(statistic, min_power):
     # 20 signals among 60 strongly correlated neurons (AR(1) 0.8) at fdr 0.1: many selections, so the
-    # FDP is rarely 0. Measured: FDR 0.076 (se 0.011), power 0.75.
-    fdr_hat, se, power, selected = fdr_and_power(**FDR_SETTING)
+    # FDP is rarely 0. Measured: debiased lasso FDR 0.067 (se 0.011), power 0.53; the anchor's lasso
+    # FDR 0.076 (se 0.011), power 0.75.
+    fdr_hat, se, power, selected = fdr_and_power(**FDR_SETTING, statistic=statistic)
     assert np.mean([n for _, _, n in selected]) >= 10  # not vacuous
     assert fdr_hat <= 0.1 + 3 * se, (fdr_hat, se)
-    assert power >= 0.6
+    assert power >= min_power
 
 
 def test_fdr_check_can_fail(monkeypatch):
@@ -162,7 +164,7 @@ def test_rank_deficient_and_few_samples():
     assert result.frequency.shape == (73,)
 
 
-@pytest.mark.parametrize("statistic", ["lsm", "ridge", "ols", "margcorr"])
+@pytest.mark.parametrize("statistic", ["lasso", "lsm", "ridge", "ols", "margcorr"])
 def test_other_statistics_find_signals(statistic):
     X, y, true = planted(5, k=20, amplitude=0.3)
     result = critical_neurons(X, y, n_runs=2, statistic=statistic)
