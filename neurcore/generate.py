@@ -122,8 +122,9 @@ class SyntheticGenerator(Generator):
 
     def __init__(self, world=None, size: int = 64, seed: int = 0, close_up: float | None = 0.5):
         """close_up: like CoSy's "a close up of {}" prompt, zoom each image onto the prompt's region: the
-        square around the bounding box of the formula's mask, at least ``close_up`` of the side, resized
-        back (nearest neighbour). None draws whole scenes."""
+        square around the bounding box of the formula's mask, at least ``close_up`` of the side, or, for
+        a formula without shapes whose mask is larger, the square of that side holding most of it;
+        resized back (nearest neighbour). None draws whole scenes."""
         from .probe.synthetic import SyntheticWorld
 
         if close_up is not None and not 0 < close_up <= 1:
@@ -143,7 +144,7 @@ class SyntheticGenerator(Generator):
 
     def describe(self) -> dict:
         return {**super().describe(), "size": self.world.size, "world_seed": self.world.seed,
-                "close_up": self.close_up}
+                "close_up": self.close_up, "close_up_frame": "shapes whole, other regions filling the frame"}
 
     def generate_with_maps(self, prompt: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(images uint8 [n, s, s, 3], concept_maps bool [n, n_concepts, s, s]): the images and the
@@ -178,27 +179,58 @@ class SyntheticGenerator(Generator):
             raise InputError(f"generator synthetic cannot draw prompt {prompt!r}: no image of this world "
                              f"shows it on >= 1% of its pixels ({e})") from None
         if self.close_up is not None:
-            images, maps = _close_up(images, masks, maps, self.close_up)
+            cats = dict(zip(self.world.concept_names, self.world.concept_categories))
+            fill = not any(cats[name] == "object" for name in formula.leaves())
+            images, maps = _close_up(images, masks, maps, self.close_up, fill=fill)
         return images, maps
 
 
-def _close_up(images, masks, maps, min_side: float):
-    """Each image and its concept maps cropped to the square around its mask's bounding box (at least
-    ``min_side`` of the side, kept inside the image) and resized back to the full size by nearest
-    neighbour, so that the maps stay the images' exact concepts."""
+#: A region that is not a shape is framed by a square it fills to this share, if one of at least
+#: this fraction of the image's side exists (else the square of that side it fills most).
+FILL_SHARE = 0.95
+MIN_FILL_SIDE = 0.2
+
+
+def _close_up(images, masks, maps, min_side: float, fill: bool = False):
+    """Each image and its concept maps cropped to a square and resized back to the full size by nearest
+    neighbour, so that the maps stay the images' exact concepts.
+
+    The square is the one around the mask's bounding box, at least ``min_side`` of the side and kept
+    inside the image: a shape is seen whole. With ``fill`` (stuff, colours, textures, scenes: a close
+    up of grass is grass from edge to edge), a mask larger than ``min_side`` of the side is framed
+    instead by the largest square, at most that side, that it fills (see ``FILL_SHARE``).
+    """
     n, s = images.shape[:2]
+    w = int(min(s, max(1, round(min_side * s))))
     out_img, out_maps = np.empty_like(images), np.empty_like(maps)
     for i in range(n):
         ys, xs = np.nonzero(masks[i])
-        side = int(min(s, max(round(min_side * s), ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)))
+        box = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+        side = int(min(s, max(w, box)))
         cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
         y0 = int(np.clip(round(cy - side / 2), 0, s - side))
         x0 = int(np.clip(round(cx - side / 2), 0, s - side))
+        if fill and box > w:
+            # The largest square of at most w pixels that the mask fills to FILL_SHARE (the smallest
+            # tried, MIN_FILL_SIDE of the image, when none does), nearest the box's centre among equals.
+            for side in range(w, max(1, min(w, round(MIN_FILL_SIDE * s))) - 1, -1):
+                cover = _window_sums(masks[i], side)  # [s - side + 1, s - side + 1]
+                if cover.max() >= FILL_SHARE * side * side:
+                    break
+            cand = np.argwhere(cover == cover.max())
+            far = (cand[:, 0] + side / 2 - cy) ** 2 + (cand[:, 1] + side / 2 - cx) ** 2
+            y0, x0 = (int(v) for v in cand[np.argmin(far)])
         idx = (np.arange(s) * side // s).clip(0, side - 1)
         rows, cols = y0 + idx[:, None], x0 + idx[None, :]
         out_img[i] = images[i][rows, cols]
         out_maps[i] = maps[i][:, rows, cols]
     return out_img, out_maps
+
+
+def _window_sums(mask: np.ndarray, w: int) -> np.ndarray:
+    """Pixels of ``mask`` [s, s] inside every w x w window, by top-left corner: [s - w + 1, s - w + 1]."""
+    ii = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    return ii[w:, w:] - ii[:-w, w:] - ii[w:, :-w] + ii[:-w, :-w]
 
 
 # ------------------------------------------------------------------ diffusers

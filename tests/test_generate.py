@@ -63,7 +63,8 @@ def test_synthetic_uses_the_given_world():
     g = load_generator("synthetic", world=world)
     assert isinstance(g, SyntheticGenerator) and g.world is world and g.prompt_template == "{}"
     assert g.generate("ring", 2).shape == (2, 32, 32, 3)
-    assert g.describe() == {"name": "synthetic", "prompt_template": "{}", "size": 32, "world_seed": 5, "close_up": 0.5}
+    assert g.describe() == {"name": "synthetic", "prompt_template": "{}", "size": 32, "world_seed": 5, "close_up": 0.5,
+                            "close_up_frame": "shapes whole, other regions filling the frame"}
 
 
 @pytest.mark.parametrize("prompt, match", [
@@ -201,3 +202,32 @@ def test_diffusers_bad_directories(tmp_path, tiny_pipeline):
         (partial / "model_index.json").write_text(f.read())  # the index without its components
     with pytest.raises(InputError, match="could not load the pipeline"):
         DiffusersGenerator(str(partial))
+
+
+def test_close_up_frames_shapes_whole_and_fills_the_frame_with_other_regions():
+    from neurcore.generate import _close_up, _window_sums
+
+    rng = np.random.default_rng(0)
+    m = rng.random((9, 9)) < 0.4
+    brute = np.array([[m[y : y + 4, x : x + 4].sum() for x in range(6)] for y in range(6)])
+    np.testing.assert_array_equal(_window_sums(m, 4), brute)
+
+    s = 16
+    images = np.arange(2 * s * s * 3, dtype=np.int64).reshape(2, s, s, 3).astype(np.uint8)
+    masks = np.zeros((2, s, s), bool)
+    masks[0, 6:, :] = True          # a stuff region: the bottom 10 rows
+    masks[1, 2:6, 3:7] = True       # a shape smaller than half the side
+    maps = masks[:, None]
+    _, filled = _close_up(images, masks, maps, 0.5, fill=True)
+    assert filled[0, 0].all()                       # grass from edge to edge
+    masks[0, :6] = rng.random((6, s)) < 0.5         # ... also where it is patchy above
+    assert _close_up(images, masks, masks[:, None], 0.5, fill=True)[1][0, 0].all()
+    masks[0, :6] = False
+    _, whole = _close_up(images, masks, maps, 0.5, fill=False)
+    assert whole[0, 0].mean() == masks[0].mean()   # the box is the whole image: unchanged
+    for out in (filled, whole):                     # a small region: the half-side square around it
+        assert out[1, 0].mean() == 16 / 64
+    g = SyntheticGenerator(world=SyntheticWorld(size=32, seed=3))
+    grass = g.generate_with_maps("grass", 6, seed=1)[1][:, g.concept_names.index("grass")]
+    circle = g.generate_with_maps("circle", 6, seed=1)[1][:, g.concept_names.index("circle")]
+    assert grass.mean() > 0.9 and circle.mean() < 0.9
