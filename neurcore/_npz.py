@@ -23,7 +23,7 @@ __all__ = ["InputError", "load_concepts", "load_units", "binarize_top_quantile",
 
 
 class _Header:
-    """Shape and dtype of an array left in its file, to be packed by ``_stream_bits``."""
+    """Shape and dtype of an array left in its file, to be packed by ``_bits``."""
 
     def __init__(self, shape: tuple, dtype: np.dtype):
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
@@ -87,6 +87,8 @@ def _bits(arr, path, key: str) -> BitMasks:
                 if got != view.nbytes:
                     raise InputError(f"{path}: {key!r} is truncated (rows {s} onwards missing)")
                 parts.append(BitMasks.from_dense(view.view(bool).reshape((-1,) + arr.shape[1:]), "dense"))
+    except InputError:
+        raise
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise InputError(f"{path}: not a readable .npz file ({exc})") from None
     return BitMasks.concat(parts).as_layout("auto")

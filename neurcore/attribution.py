@@ -434,11 +434,10 @@ _CHANNELWISE = ("ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh",
 
 
 def _is_residual_block(module) -> bool:
-    """torchvision's ResNet ``BasicBlock`` or ``Bottleneck`` (by name and parts, so torchvision is
-    not imported): ``relu(bn_last(conv_last(...)) + identity)``, identity = x or downsample(x)."""
-    kind = type(module).__name__
-    last = {"BasicBlock": "2", "Bottleneck": "3"}.get(kind)
-    return last is not None and all(hasattr(module, a) for a in (f"conv{last}", f"bn{last}", "relu", "downsample"))
+    """torchvision's ResNet ``BasicBlock`` or ``Bottleneck`` (by class and module name, so torchvision
+    is not imported): ``relu(bn_last(conv_last(...)) + identity)``, identity = x or downsample(x)."""
+    kind = type(module)
+    return kind.__module__ == "torchvision.models.resnet" and kind.__name__ in ("BasicBlock", "Bottleneck")
 
 
 @functools.cache
