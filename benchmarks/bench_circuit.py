@@ -168,17 +168,8 @@ _REFERENCE = {}
 
 
 def _captum_scores(net_b, acts_of, targets, examples, device):
-    def f(z):
-        y = net_b(z)
-        return y.mean((2, 3)) if y.dim() == 4 else y
-
-    ig = captum_attr.IntegratedGradients(f)
-    rows = []
-    for i, t in enumerate(targets.tolist()):
-        x = acts_of(examples[i])
-        rows.append(ig.attribute(x, target=t, n_steps=STEPS).mean((2, 3)).abs().mean(0))
-    _sync(device)
-    return torch.stack(rows)
+    """NeurFlow's importance [T, C_lower] (|IG| averaged over each target's examples), the Captum way."""
+    return _captum_per_neuron(net_b, acts_of, targets, examples, device, STEPS).mean(1)
 
 
 def pair_reference(pair):
@@ -243,28 +234,26 @@ def test_machine_conv_throughput(benchmark):
     benchmark.extra_info.update(gflop_per_s=round(2 * counter.get_total_flops() / benchmark.stats.stats.median / 1e9, 1))
 
 
-class _CaptumNeurFlow:
+def _captum_neurflow(spec, layers, config):
     """NeurFlow with its importance computed the per-neuron way: one Captum ``IntegratedGradients``
     call per upper neuron over its top-k crops, whose lower activations are computed for it."""
+    from neurcore.attribution import layer_function
+    from neurcore.neurflow import NeurFlow
 
-    @staticmethod
-    def make(spec, layers, config):
-        from neurcore.attribution import layer_function
-        from neurcore.neurflow import NeurFlow
+    class CaptumNeurFlow(NeurFlow):
+        def _importance(self, lower, upper, targets, examples):
+            net_a, net_b = _upto(self.spec.module, lower), layer_function(self.spec.module, lower, upper)
+            with torch.no_grad():
+                return _captum_per_neuron(net_b, lambda e: net_a(self.crops[e]).detach(), torch.as_tensor(targets),
+                                          torch.as_tensor(examples), "cpu", self.config.n_steps).cpu().numpy()
 
-        class CaptumNeurFlow(NeurFlow):
-            def _importance(self, lower, upper, targets, examples):
-                net_a, net_b = _upto(self.spec.module, lower), layer_function(self.spec.module, lower, upper)
-                with torch.no_grad():
-                    return _captum_per_neuron(net_b, lambda e: net_a(self.crops[e]).detach(),
-                                              torch.as_tensor(targets), torch.as_tensor(examples), "cpu",
-                                              self.config.n_steps).cpu().numpy()
-
-        return CaptumNeurFlow(spec, layers, config)
+    return CaptumNeurFlow(spec, layers, config)
 
 
 def _captum_per_neuron(net_b, acts_of, targets, examples, device, n_steps):
-    """|IG| [T, k, C] per (target, example), the layout NeurFlow's importance has."""
+    """|IG| [T, k, C] per (target, example), the layout NeurFlow's importance has: one Captum call
+    per target over its examples, space averaged."""
+
     def f(z):
         y = net_b(z)
         return y.mean((2, 3)) if y.dim() == 4 else y
@@ -301,7 +290,7 @@ def test_whole_circuit(benchmark, circuit_case, how):
     config = NeurFlowConfig(n_steps=STEPS, top_k=K)
 
     def run():
-        flow = NeurFlow(spec, CIRCUIT, config) if how == "neurcore" else _CaptumNeurFlow.make(spec, CIRCUIT, config)
+        flow = NeurFlow(spec, CIRCUIT, config) if how == "neurcore" else _captum_neurflow(spec, CIRCUIT, config)
         return flow, flow.run(images, c)
 
     (flow, levels), peak = peak_memory(run)
