@@ -55,7 +55,7 @@ def _open(path, stream: tuple = ()) -> dict:
             out = {}
             for k in data.files:
                 if k in stream:
-                    with zipfile.ZipFile(path) as z, z.open(f"{k}.npy") as f:
+                    with data.zip.open(f"{k}.npy") as f:
                         shape, fortran, dtype = _read_header(f)
                     if dtype.kind == "b" and not fortran and len(shape) >= 2 and shape[0] > 0:
                         out[k] = _Header(shape, dtype)

@@ -12,8 +12,9 @@ memory is bounded by the chunk, whatever ``n_steps``.
 a lower layer for many channels of an upper layer at once, each upper channel over its own
 examples (crops), reduced over space in the same pass. The function between the two layers is
 cut out of the model with ``torch.fx`` (:func:`layer_function`); when it ends in a convolution or
-linear layer followed by channel-wise operations, only the target channels of that layer are
-computed (:func:`restrict_output`), which removes most of the backward pass's work.
+linear layer followed by channel-wise operations, or in a torchvision ResNet block, only the target
+channels of that layer are computed (:func:`restrict_output`), which removes most of the backward
+pass's work.
 """
 
 from __future__ import annotations
@@ -446,36 +447,33 @@ def _residual_class():  # torch is imported lazily, so the class is built on fir
     import torch.nn as nn
 
     class RestrictedResidual(nn.Module):
-        """A ResNet block computing only output channels ``idx``: the last convolution and batch
-        norm of the body, and the identity (sliced) or downsample path (restricted)."""
+        """``relu(head(body(x)) + identity)`` with identity = x[:, idx] or downsample(x): a ResNet
+        block whose head (last convolution and batch norm) and downsample compute only ``idx``."""
 
-        def __init__(self, block, idx):
+        def __init__(self, body, head, downsample, relu, idx):
             super().__init__()
-            last = "2" if type(block).__name__ == "BasicBlock" else "3"
-            self.body = nn.ModuleList()
-            for k in range(1, int(last)):
-                self.body.append(nn.Sequential(getattr(block, f"conv{k}"), getattr(block, f"bn{k}"), block.relu))
-            self.head = _restricted_module(nn.Sequential(getattr(block, f"conv{last}"), getattr(block, f"bn{last}")),
-                                           idx)
-            self.downsample = None if block.downsample is None else _restricted_module(block.downsample, idx)
-            self.relu = block.relu
+            self.body, self.head, self.downsample, self.relu = nn.Sequential(*body), head, downsample, relu
             self.register_buffer("idx", torch.as_tensor(list(idx), dtype=torch.int64,
-                                                        device=getattr(block, f"conv{last}").weight.device))
-            self.ok = self.head is not None and (block.downsample is None or self.downsample is not None)
+                                                        device=next(head.parameters()).device))
 
         def forward(self, x):
             identity = x.index_select(1, self.idx) if self.downsample is None else self.downsample(x)
-            out = x
-            for part in self.body:
-                out = part(out)
-            return self.relu(self.head(out) + identity)
+            return self.relu(self.head(self.body(x)) + identity)
 
     return RestrictedResidual
 
 
 def _restricted_residual(block, idx):
-    module = _residual_class()(block, idx).eval()
-    return module if module.ok else None
+    """A torchvision ResNet block computing only output channels ``idx``, or None."""
+    import torch.nn as nn
+
+    last = 2 if type(block).__name__ == "BasicBlock" else 3
+    head = _restricted_module(nn.Sequential(getattr(block, f"conv{last}"), getattr(block, f"bn{last}")), idx)
+    downsample = None if block.downsample is None else _restricted_module(block.downsample, idx)
+    if head is None or (block.downsample is not None and downsample is None):
+        return None
+    body = [nn.Sequential(getattr(block, f"conv{k}"), getattr(block, f"bn{k}"), block.relu) for k in range(1, last)]
+    return _residual_class()(body, head, downsample, block.relu, idx).eval()
 
 
 def _restricted_module(module, channels):
@@ -523,8 +521,9 @@ def _restricted_module(module, channels):
 
 def restrict_output(net, channels: Sequence[int]):
     """A copy of ``net`` (from :func:`layer_function`) whose output holds only ``channels`` (dim 1),
-    in that order, computing only those channels of its last convolution or linear layer; None when
-    the graph does not end in such a layer followed by channel-wise operations."""
+    in that order, computing only those channels of its last convolution or linear layer (or of the
+    last convolution and the identity path of a torchvision ResNet block); None when the graph does
+    not end in such a layer followed by channel-wise operations, or in such a block."""
     import copy
 
     import torch.fx as fx

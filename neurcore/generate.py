@@ -206,10 +206,7 @@ def _close_up(images, masks, maps, min_side: float, fill: bool = False):
     for i in range(n):
         ys, xs = np.nonzero(masks[i])
         box = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
-        side = int(min(s, max(w, box)))
         cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
-        y0 = int(np.clip(round(cy - side / 2), 0, s - side))
-        x0 = int(np.clip(round(cx - side / 2), 0, s - side))
         if fill and box > w:
             # The largest square of at most w pixels that the mask fills to FILL_SHARE (the smallest
             # tried, MIN_FILL_SIDE of the image, when none does), nearest the box's centre among equals.
@@ -220,6 +217,10 @@ def _close_up(images, masks, maps, min_side: float, fill: bool = False):
             cand = np.argwhere(cover == cover.max())
             far = (cand[:, 0] + side / 2 - cy) ** 2 + (cand[:, 1] + side / 2 - cx) ** 2
             y0, x0 = (int(v) for v in cand[np.argmin(far)])
+        else:
+            side = int(min(s, max(w, box)))
+            y0 = int(np.clip(round(cy - side / 2), 0, s - side))
+            x0 = int(np.clip(round(cx - side / 2), 0, s - side))
         idx = (np.arange(s) * side // s).clip(0, side - 1)
         rows, cols = y0 + idx[:, None], x0 + idx[None, :]
         out_img[i] = images[i][rows, cols]

@@ -159,14 +159,12 @@ class OptimalSearch:
                 certificate = float(bound2[i, j, o])
             bound2[i, j, o] = -np.inf
 
-        def worth(bounds):  # self._worth for length-2 nodes, elementwise
-            return (bounds > best[0]) | ((bounds == best[0]) & (best[1] > 2))
-        live = worth(bound2)
+        live = self._worth(bound2, best, 2)
         table = self._pair_table() if length == 3 else None
         if table is not None and live.any():
             i, j, o = np.nonzero(live)
             bound2[i, j, o] = self._child_bounds(table, f2, fa2, a, ca, c_cnt, i, j, o)
-            live = worth(bound2)
+            live = self._worth(bound2, best, 2)
         dead = np.isfinite(bound2) & ~live
         if dead.any():
             certificate = max(certificate, float(bound2[dead].max()))
@@ -237,12 +235,11 @@ class OptimalSearch:
         return bound.max(axis=1).clip(max=1.0)
 
     @staticmethod
-    def _worth(bound: float, best, node_len: int) -> bool:
-        """Could the subtree of a node of this length hold a formula that wins over ``best``?"""
-        if bound > best[0]:
-            return True
-        # An equal IoU wins only against a formula of the same length that comes later in order.
-        return bound == best[0] and best[1] > node_len
+    def _worth(bound, best, node_len: int):
+        """Could the subtree of a node of this length hold a formula that wins over ``best``? (A float
+        bound gives a bool, an array of bounds a bool array.) An equal IoU wins only against a formula
+        of the same length that comes later in order."""
+        return (bound > best[0]) | ((bound == best[0]) & (best[1] > node_len))
 
     def _expand(self, group, CA, a, ca, c_cnt, f2, m, length, best, scored):
         """Score every child of a group of nodes of one length exactly; return the new best, the
