@@ -82,12 +82,12 @@ def _workload(name, device):
     else:
         from neurcore.models import load_model
         from neurcore.probe import open_probe
-        from neurcore.neurflow import crop_boxes, make_crops
+        from neurcore.circuits import crop_grid, make_crops
 
         spec = load_model("default", progress=False)
         model = spec.module.to(device)
         images = open_probe("default").images(0, 20)
-        crops = make_crops(spec, images, crop_boxes(64)).to(device)     # 1,180 crops
+        crops = make_crops(spec, images, crop_grid(64)).to(device)     # 1,180 crops
         lower, upper = ("conv4", None) if name == "default logit<-conv4" else ("conv3", "conv4")
         n_targets = 1 if upper is None else 16
     net_a = _upto(model, lower)
@@ -238,7 +238,7 @@ def _captum_neurflow(spec, layers, config):
     """NeurFlow with its importance computed the per-neuron way: one Captum ``IntegratedGradients``
     call per upper neuron over its top-k crops, whose lower activations are computed for it."""
     from neurcore.attribution import layer_function
-    from neurcore.neurflow import NeurFlow
+    from neurcore.circuits import NeurFlow
 
     class CaptumNeurFlow(NeurFlow):
         def _importance(self, lower, upper, targets, examples):
@@ -270,7 +270,7 @@ CIRCUIT = ["conv4", "conv3", "conv2"]
 
 @pytest.fixture(scope="module")
 def circuit_case():
-    from neurcore.circuit import class_images
+    from neurcore.circuits import class_images
     from neurcore.models import load_model
     from neurcore.probe import open_probe
 
@@ -284,7 +284,7 @@ def circuit_case():
 def test_whole_circuit(benchmark, circuit_case, how):
     """The whole NeurFlow circuit of the default model's "circle" over conv4 > conv3 > conv2 (crops,
     forward pass, importance of every pair, groups), with neurcore's importance or the Captum loop."""
-    from neurcore.neurflow import NeurFlow, NeurFlowConfig
+    from neurcore.circuits import NeurFlow, NeurFlowConfig
 
     spec, images, c, shared = circuit_case
     config = NeurFlowConfig(n_steps=STEPS, top_k=K)

@@ -13,8 +13,8 @@ import pytest
 
 import neurcore
 from neurcore import BeamSearch, intersect_counts
-from neurcore import reference as ref
-from neurcore.planted import blob_concepts, plant_units
+from neurcore.engine import reference as ref
+from neurcore.testing import blob_concepts, plant_units
 from _data import intersect_case
 
 if neurcore.backends()["cuda"]["devices"] == 0:

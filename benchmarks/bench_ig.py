@@ -1,8 +1,8 @@
-"""The fused integrated-gradients accumulation (neurcore._ig.ig_accumulate) at a realistic size,
+"""The fused integrated-gradients accumulation (neurcore.attribution.ig_accumulate) at a realistic size,
 T=16 targets x S=50 steps x U=8 examples x C=128 channels x P=64 positions (8 x 8) in float32
 (grads: 210 MB), in both modes, against in the same run:
 
-- the numpy reference (``neurcore.reference.ig_accumulate``, float64 einsum), and
+- the numpy reference (``neurcore.attribution.reference.ig_accumulate``, float64 einsum), and
 - the plain torch expression ``(grads * weights[:, None, None, None]).sum(1) * delta`` (then
   ``.sum(-1)`` in reduce mode), which materialises a product the size of grads.
 
@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import neurcore
-from neurcore import _ig
-from neurcore import reference as ref
+from neurcore.attribution import _fused as _ig
+from neurcore.attribution import reference as ref
 
 T, S, U, C, P = 16, 50, 8, 128, 64
 SHAPE = f"T={T} S={S} U={U} C={C} P={P} float32"

@@ -23,8 +23,9 @@ import warnings
 import numpy as np
 import pytest
 
-from neurcore.clip_dissect import ClipDissect
-from neurcore.linex import LinEx, _enet_weights, _zscore_train, split_indices
+from neurcore.labels import ClipDissect
+from neurcore.labels import LinEx, split_indices
+from neurcore.labels._linex import _enet_weights, _zscore_train
 
 TESTS = pathlib.Path(__file__).resolve().parent.parent / "tests"
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from neurcore import BeamSearch, BitMasks, ConceptSet
-from neurcore.clustered import ClusteredSearch
-from neurcore.dissect import dissect
-from neurcore.optimal import OptimalSearch
-from neurcore.planted import blob_concepts, plant_units
+from neurcore.rules import ClusteredSearch
+from neurcore.pipelines import dissect
+from neurcore.rules import OptimalSearch
+from neurcore.testing import blob_concepts, plant_units
 
 LAYER = "default model conv4 (152 units x 35 concepts)"
 

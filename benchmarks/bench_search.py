@@ -1,5 +1,5 @@
 """Rule search throughput: ``neurcore search`` (beam and optimal) against a plain numpy beam search that builds every
-candidate's mask (``neurcore.reference.beam_search``), in the same run.
+candidate's mask (``neurcore.rules.reference.beam_search``), in the same run.
 
 1. The planted layer: 400 units x 48 concepts over 1,500 images x 16 x 16, planted formulas of
    length 1-3 with 3% of their pixels flipped. The whole command is timed, start-up included;
@@ -19,8 +19,8 @@ import pytest
 
 import neurcore
 from neurcore import BeamSearch, ConceptSet
-from neurcore import reference as ref
-from neurcore.planted import blob_concepts, plant_units
+from neurcore.rules import reference as ref
+from neurcore.testing import blob_concepts, plant_units
 from _data import broden_like_concepts, random_rows
 
 PLANTED = "400 units x 48 concepts over 1500x16x16, planted"

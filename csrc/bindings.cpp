@@ -1,4 +1,4 @@
-// The pybind11 boundary of the CPU module neurcore._C: numpy buffers in,
+// The pybind11 boundary of the CPU module neurcore.engine._C: numpy buffers in,
 // plain pointers to the kernels in csrc/cpu, numpy arrays out. Every argument
 // is checked here (dtype, rank, shape, C-contiguity, index bounds) and an
 // error names the argument; the kernels themselves trust their inputs.
@@ -108,7 +108,7 @@ void ig_accumulate_typed(const py::array& grads, const py::array& weights, const
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "neurcore CPU kernels over bit-packed masks (see neurcore._ops for the Python API)";
+  m.doc() = "neurcore CPU kernels over bit-packed masks (see neurcore.engine for the Python API)";
 
   m.def("cpu_levels", [] {
     int count = 0;

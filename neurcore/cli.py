@@ -186,14 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.concepts < 13:
         parser.error("demo needs --concepts >= 13 (the planted units use c0..c12)")
-    from . import _demo
+    from .testing import run_demo
 
-    result = _demo.run(n_images=args.images, n_concepts=args.concepts, side=args.side, seed=args.seed)
+    result = run_demo(n_images=args.images, n_concepts=args.concepts, side=args.side, seed=args.seed)
     return 0 if result["found"] == result["planted"] else 1
 
 
 def _search(args) -> int:
-    from ._npz import InputError, search_npz
+    from .errors import InputError
+    from .rules import search_npz
 
     t0 = time.perf_counter()
     try:
@@ -210,8 +211,8 @@ def _search(args) -> int:
 
 
 def _dissect(args) -> int:
-    from .dissect import dissect
     from .errors import InputError
+    from .pipelines import dissect
 
     t0 = time.perf_counter()
     try:
@@ -234,7 +235,7 @@ def _dissect(args) -> int:
 
 def _label(args) -> int:
     from .errors import InputError
-    from .label import label
+    from .pipelines import label
 
     t0 = time.perf_counter()
     try:
@@ -259,8 +260,8 @@ def _label(args) -> int:
 
 
 def _circuit(args) -> int:
-    from .circuit import circuit
     from .errors import InputError
+    from .pipelines import circuit
 
     t0 = time.perf_counter()
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]

@@ -3,7 +3,7 @@
 Every method fills the common fields (``unit``, ``method``, ``formula``,
 ``iou``); the rest is optional, and a method that needs more adds a field
 here (with a default) rather than a format of its own. ``formula`` is the
-canonical string of :mod:`neurcore.formula` (null when no concept overlaps
+canonical string of :mod:`neurcore.rules.formula` (null when no concept overlaps
 the unit at all).
 """
 
@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
 
-from ._atomic import atomic_open
+from ._io import atomic_open
 
 __all__ = ["Explanation", "write_jsonl", "read_jsonl", "write_csv", "CSV_COLUMNS"]
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from neurcore.activations import as_maps, extract, hooked, thresholds, unit_masks
+from neurcore.activations import extract, thresholds, unit_masks
 from neurcore.errors import InputError
-from neurcore.models import ModelSpec, resolve_layer
+from neurcore.models import ModelSpec, as_maps, hooked, resolve_layer
 from neurcore.probe import SyntheticWorld
 
 

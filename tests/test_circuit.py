@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from neurcore import neurflow  # noqa: E402
-from neurcore.circuit import circuit  # noqa: E402
+from neurcore import circuits, clustering  # noqa: E402
+from neurcore.pipelines import circuit  # noqa: E402
 from neurcore.cli import main  # noqa: E402
 from neurcore.errors import InputError  # noqa: E402
 
@@ -79,23 +79,23 @@ def test_neucept_planted(tmp_path):
 
 
 def test_crops_and_groups():
-    boxes = neurflow.crop_boxes(64)
+    boxes = circuits.crop_grid(64)
     assert len(boxes) == 59 and (boxes[:, 2] - boxes[:, 0]).tolist().count(16) == 49
-    assert len(neurflow.crop_boxes(224)) == 59
+    assert len(circuits.crop_grid(224)) == 59
     with pytest.raises(InputError, match="no crops"):
-        neurflow.crop_boxes(0, (0.5,), 0.5)
+        circuits.crop_grid(0, (0.5,), 0.5)
     with pytest.raises(InputError, match="granularities"):
-        neurflow.crop_boxes(64, (1.5,))
+        circuits.crop_grid(64, (1.5,))
     rng = np.random.default_rng(0)
     centres = np.array([[0, 0], [10, 0], [0, 10]])
     x = np.concatenate([c + rng.normal(0, 0.3, (15, 2)) for c in centres])
-    labels, k = neurflow.ward_silhouette(x, 5)
+    labels, k = clustering.ward_silhouette(x, 5)
     assert k == 3 and len(set(zip(labels, np.repeat([0, 1, 2], 15)))) == 3
 
 
 def test_group_metric():
     acts = np.array([[1.0, 2.0], [0.5, 1.0], [0.0, 2.0]])
-    m = neurflow.group_metric(acts, [0, 1], acts.max(0))
+    m = circuits.group_metric(acts, [0, 1], acts.max(0))
     assert np.isclose(m[0], 1.0) and np.isclose(m[1], 0.5) and m[2] < 1e-2
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neurcore.circuit_report import CARD_H, CARD_W, MAX_THUMBS, write_circuit_html
+from neurcore.report import write_circuit_html
+from neurcore.report._circuit import CARD_H, CARD_W, MAX_THUMBS
 from neurcore.errors import InputError
 
 ODD = 'layer<1>&"x"'  # a layer name that must be escaped everywhere it appears

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from neurcore.clip_dissect import SIMILARITY_FUNCTIONS, ClipDissect, image_text_similarity, similarity_matrix
+from neurcore.labels import SIMILARITY_FUNCTIONS, ClipDissect, image_text_similarity, similarity_matrix
 from neurcore.errors import InputError
 from neurcore.results import Explanation
 
@@ -153,7 +153,7 @@ def test_defaults_equal_reference(fn):
 
 def test_chunked_blocks_equal_one_block(monkeypatch):
     """Units split into many tiny blocks give the same matrix (log p(t) still over the whole layer)."""
-    import neurcore.clip_dissect as cd
+    import neurcore.labels._clip_dissect as cd
 
     sim, acts = _data(2, 60, 30, 25)
     whole = similarity_matrix(sim, acts, top_k=20, dtype="float64")

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from neurcore import BitMasks
-from neurcore import reference as ref
-from neurcore._backends import _C
-from neurcore.clustered import ClusteredSearch, MaskStats, activation_ranges, mmesh_estimates, range_masks
-from neurcore.planted import blob_concepts
-from neurcore.rules import OPERATORS, candidate_counts, _iou
+from neurcore.engine import reference as ref
+from neurcore.engine import largest_rectangles
+from neurcore.rules import ClusteredSearch, MaskStats, activation_ranges, mmesh_estimates, range_masks
+from neurcore.testing import blob_concepts
+from neurcore.rules import OPERATORS, candidate_counts, iou_of
 
 
 @settings(max_examples=40)
@@ -21,7 +21,7 @@ def test_largest_rectangles_kernel(seed):
     h, w = rng.integers(1, 9, 2)
     masks = rng.random((4, h, w)) < rng.uniform(0.2, 1.0)
     masks[0] = False
-    got, expect = _C.largest_rectangles(masks), ref.largest_rectangles(masks)
+    got, expect = largest_rectangles(masks), ref.largest_rectangles(masks)
     area = lambda r: np.maximum(r[:, 2] - r[:, 0] + 1, 0) * np.maximum(r[:, 3] - r[:, 1] + 1, 0)
     assert np.array_equal(area(got), area(expect))
     for m, (y0, x0, y1, x1) in zip(masks, got):
@@ -66,7 +66,7 @@ def test_mmesh_is_an_upper_bound(seed):
     fc, fca = intersect_counts(F_rows, C), intersect_counts(fa, C)
     f, fa_cnt, a = F_rows.count()[:, None], fa.count()[:, None], int(A.count()[0])
     for k, op in enumerate(OPERATORS):
-        exact = _iou(*candidate_counts(op, f, fa_cnt, C.count()[None], CA.count()[None], fc, fca, a))
+        exact = iou_of(*candidate_counts(op, f, fa_cnt, C.count()[None], CA.count()[None], fc, fca, a))
         assert np.all(est[:, :, k] >= exact - 1e-12), op
 
 

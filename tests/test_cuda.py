@@ -79,7 +79,7 @@ def test_cuda_dense_split_words(n_a, n_b):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cuda_rule_search_equals_cpu(layout):
     from neurcore import BeamSearch, ConceptSet, NetworkDissection
-    from neurcore.planted import blob_concepts, plant_units
+    from neurcore.testing import blob_concepts, plant_units
 
     rng = np.random.default_rng(3)
     concepts = blob_concepts(rng, 20, 60, (8, 8))

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from neurcore.dissect import dissect
-from neurcore.formula import parse
+from neurcore.pipelines import dissect
+from neurcore.rules import parse
 from neurcore.models import ModelSpec, PlantedUnit
 from neurcore.probe import SyntheticWorld, write_broden
 
@@ -60,7 +60,7 @@ def test_dissect_optimal_and_clustered(tmp_path, method):
 
 
 def test_default_model_trains_once_and_is_cached(tmp_path, monkeypatch):
-    import neurcore.models as models
+    import neurcore.models._default as models
 
     monkeypatch.setenv("NEURCORE_CACHE", str(tmp_path))
     monkeypatch.setattr(models, "DEFAULT_TRAIN_IMAGES", 128)

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from neurcore import BitMasks
-from neurcore.formula import And, AndNot, FormulaSyntaxError, Leaf, Not, Or, parse, quote
+from neurcore.errors import FormulaSyntaxError
+from neurcore.rules import And, AndNot, Leaf, Not, Or, parse, quote
 
 names = st.one_of(
     st.sampled_from(["water", "river", "blue", "sky-s", "a_b", "x1"]),

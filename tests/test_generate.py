@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from neurcore.errors import InputError
-from neurcore.formula import parse
-from neurcore.generate import (DiffusersGenerator, Generator, SyntheticGenerator, build_tiny_pipeline,
+from neurcore.rules import parse
+from neurcore.labels import (DiffusersGenerator, Generator, SyntheticGenerator, build_tiny_pipeline,
                                load_generator)
 from neurcore.probe.synthetic import SyntheticWorld
 
@@ -205,7 +205,7 @@ def test_diffusers_bad_directories(tmp_path, tiny_pipeline):
 
 
 def test_close_up_frames_shapes_whole_and_fills_the_frame_with_other_regions():
-    from neurcore.generate import _close_up, _window_sums
+    from neurcore.labels._generate import _close_up, _window_sums
 
     rng = np.random.default_rng(0)
     m = rng.random((9, 9)) < 0.4

@@ -1,4 +1,4 @@
-"""The fused integrated-gradients kernel (neurcore._ig.ig_accumulate) equals the numpy reference on
+"""The fused integrated-gradients kernel (neurcore.attribution.ig_accumulate) equals the numpy reference on
 every backend here: the CPU module always, Triton under TRITON_INTERPRET=1 (set by conftest when no
 GPU is present) or on a GPU, and the CUDA module when a device is usable; absent ones are skipped.
 
@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 import neurcore
-from neurcore import _backends, _ig
-from neurcore import reference as ref
-from neurcore._backends import _C
+from neurcore.attribution import _fused as _ig
+from neurcore.engine import backends as _backends
+from neurcore.attribution import reference as ref
+from neurcore.engine.backends import _C
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _TRITON_OK, _TRITON_WHY = neurcore.backends()["triton"]["usable"], neurcore.backends()["triton"]["detail"]
@@ -278,7 +279,7 @@ def test_error_backend_choice():
 def test_error_cuda_module_missing(monkeypatch):
     """Without the CUDA module the CUDA path raises 'not compiled with CUDA support', never falls back."""
     monkeypatch.setattr(_backends, "_cuda", None)
-    monkeypatch.setattr(_backends, "_cuda_error", "No module named 'neurcore._cuda'")
+    monkeypatch.setattr(_backends, "_cuda_error", "No module named 'neurcore.engine._cuda'")
     args = _args()
     with pytest.raises(RuntimeError, match=r"not compiled with CUDA support"):
         _ig._cuda_run(*args.values(), reduce_spatial=True)

@@ -1,11 +1,11 @@
-"""Every CPU kernel of neurcore._C equals its numpy reference, at every usable instruction-set level."""
+"""Every CPU kernel of neurcore.engine._C equals its numpy reference, at every usable instruction-set level."""
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from neurcore import reference as ref
-from neurcore._backends import _C
+from neurcore.engine import reference as ref
+from neurcore.engine.backends import _C
 
 seeds = st.integers(0, 2**32 - 1)
 

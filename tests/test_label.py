@@ -15,13 +15,12 @@ import torch
 pytest.importorskip("open_clip")
 
 from neurcore.errors import InputError  # noqa: E402
-from neurcore.formula import parse  # noqa: E402
-from neurcore.generate import Generator, SyntheticGenerator  # noqa: E402
-from neurcore.label import label, read_vocabulary  # noqa: E402
+from neurcore.rules import parse  # noqa: E402
+from neurcore.labels import Generator, SyntheticGenerator, train_tiny_clip  # noqa: E402
+from neurcore.pipelines import label, read_vocabulary  # noqa: E402
 from neurcore.models import ModelSpec, PlantedUnit  # noqa: E402
 from neurcore.probe import SyntheticWorld  # noqa: E402
 from neurcore.results import read_jsonl  # noqa: E402
-from neurcore.vlm import train_tiny_clip  # noqa: E402
 
 PLANTED = ["sky", "circle", "(red AND square)"]
 LINEAR = (("grass", 1.0), ("triangle", 2.0), ("yellow", -2.0))
@@ -221,7 +220,7 @@ def test_cli_bad_input_one_line(tmp_path, case):
 def test_cli_real_open_clip_architecture_and_diffusers_pipeline(tmp_path):
     """The code that loads real weights is the code that runs: an open_clip architecture by name (random
     weights, none can be downloaded) as both VLMs and a diffusers pipeline from a local directory."""
-    from neurcore.generate import build_tiny_pipeline
+    from neurcore.labels import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(str(tmp_path / "pipe"))
     out = tmp_path / "o"
@@ -245,7 +244,7 @@ def test_cli_real_open_clip_architecture_and_diffusers_pipeline(tmp_path):
 
 
 def test_dissect_runs_labelling_methods_beside_the_rules(tmp_path, vlms):
-    from neurcore.dissect import dissect
+    from neurcore.pipelines import dissect
 
     world = SyntheticWorld(80, 32, seed=8)
     out = dissect(small_spec(), ["4"], world, method="dissect", out_dir=str(tmp_path), progress=False,

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from neurcore.errors import InputError
-from neurcore.linex import (
+from neurcore.labels._linex import (
     LinEx,
     concept_probabilities,
     format_linear,
@@ -138,7 +138,7 @@ def test_defaults_equal_reference_on_a_wider_layer():
 
 def test_small_greedy_batches_equal_one_batch(monkeypatch):
     """Units split into greedy batches over the union of their ranked concepts give the same result."""
-    import neurcore.linex as lx
+    import neurcore.labels._linex as lx
 
     P, acts, _ = _planted(4, n=600, C=40, U=9, noise=0.4)
     names = [f"c{i}" for i in range(40)]

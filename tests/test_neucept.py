@@ -9,7 +9,7 @@ pytest.importorskip("knockpy")
 from sklearn.metrics import adjusted_rand_score
 
 from neurcore.errors import InputError
-from neurcore.neucept import CLUSTER_METHODS, critical_neurons, label_entropy, mechanisms
+from neurcore.circuits import CLUSTER_METHODS, critical_neurons, label_entropy, mechanisms
 
 
 @pytest.fixture(autouse=True)

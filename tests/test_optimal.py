@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from neurcore import BitMasks, ConceptSet
-from neurcore import reference as ref
-from neurcore.optimal import OptimalSearch
-from neurcore.planted import blob_concepts, plant_units
+from neurcore.rules import reference as ref
+from neurcore.rules import OptimalSearch
+from neurcore.testing import blob_concepts, plant_units
 
 
 @pytest.mark.parametrize("layout", ["dense", "sparse"])

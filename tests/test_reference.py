@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import given, strategies as st
 
-from neurcore import reference as ref
+from neurcore.engine import reference as ref
 
 
 @given(m=st.integers(0, 5), p=st.integers(1, 200), seed=st.integers(0, 2**32 - 1))

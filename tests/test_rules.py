@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from neurcore import BeamSearch, BitMasks, ConceptSet, Explanation, NetworkDissection, search
-from neurcore import reference as ref
-from neurcore.planted import blob_concepts, plant_units
-from neurcore.formula import quote
+from neurcore.rules import reference as ref
+from neurcore.testing import blob_concepts, plant_units
+from neurcore.rules import quote
 from neurcore.results import read_jsonl, write_jsonl
 from neurcore.rules import OPERATORS, candidate_counts
 

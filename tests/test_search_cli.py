@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from neurcore import search_npz
-from neurcore.planted import blob_concepts, plant_units
+from neurcore.testing import blob_concepts, plant_units
 
 
 def run(*args):
@@ -158,7 +158,8 @@ def test_search_optimal_and_clustered_methods(files, tmp_path):
 def test_masks_are_packed_from_the_file_in_chunks(tmp_path, monkeypatch, compress):
     """Masks are read a few rows at a time (never the whole bool array), compressed or not; the bits
     equal packing the loaded array, and a truncated file is a clear error."""
-    from neurcore import BitMasks, _npz
+    from neurcore import BitMasks
+    from neurcore.rules import npz as _npz
 
     monkeypatch.setattr(_npz, "_CHUNK_BYTES", 500)  # rows of 3 x 7 x 9 = 189 bytes: 2 rows a chunk
     rng = np.random.default_rng(5)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neurcore.errors import InputError
-from neurcore.sieve import Sieve, crop_boxes, selection_ratio, top_samples
+from neurcore.labels import Sieve, peak_crop_boxes, selection_ratio, top_samples
 
 
 def test_selection_ratio_matches_percentiles_and_edge_cases():
@@ -33,7 +33,7 @@ def test_top_samples_best_first_ties_by_index():
 def test_crop_boxes_inside_image_and_cover_the_peak(h, w, size, frac, seed):
     rng = np.random.default_rng(seed)
     maps = rng.random((3, h, w))
-    boxes = crop_boxes(maps, (size, size), frac)
+    boxes = peak_crop_boxes(maps, (size, size), frac)
     side = max(1, int(round(frac * size)))
     for m, (y0, x0, y1, x1) in zip(maps, boxes):
         assert 0 <= y0 and y1 <= size and 0 <= x0 and x1 <= size
@@ -47,7 +47,7 @@ def test_crop_boxes_inside_image_and_cover_the_peak(h, w, size, frac, seed):
 
 def test_crop_fraction_checked():
     with pytest.raises(InputError, match="crop fraction"):
-        crop_boxes(np.zeros((1, 2, 2)), (8, 8), 0.0)
+        peak_crop_boxes(np.zeros((1, 2, 2)), (8, 8), 0.0)
 
 
 class ColourVLM:

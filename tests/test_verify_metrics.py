@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hnp
 from sklearn.metrics import roc_auc_score
 
 from neurcore.errors import InputError
-from neurcore.verify import activation_rate, cosy_scores, mean_activation_rate_filtered, probe_thresholds
+from neurcore.labels import activation_rate, cosy_scores, mean_activation_rate_filtered, probe_thresholds
 
 # Values from a small grid (many ties and constant columns) or free floats.
 _VALUES = st.one_of(st.sampled_from([-1.0, 0.0, 0.5, 1.0, 2.0]),

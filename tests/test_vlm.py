@@ -11,12 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from neurcore import vlm as V
+from neurcore import labels as V
+from neurcore.labels import _tiny_clips, _vlm
 from neurcore.errors import InputError
 from neurcore.probe.captions import MIN_COVERAGE, Captioner, caption
 from neurcore.probe.synthetic import SyntheticWorld
 
-TINY = V._TINY_PREPROCESS
+TINY = _tiny_clips._TINY_PREPROCESS
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def briefly_trained():
 
 # ------------------------------------------------------------------ configs
 def test_tiny_configs_are_registered_open_clip_models():
-    V._open_clip()
+    _vlm._open_clip()
     assert {"neurcore-tiny-vit", "neurcore-tiny-resnet"} <= set(open_clip.list_models())
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.transformer import VisionTransformer
@@ -245,7 +246,7 @@ def test_training_positives_are_true_captions(world):
         img, masks = world.sample(i)
         s, a = cap.atom_map(masks)
         images.append(img), atoms.append(a), scenes.append(s)
-    crops, texts, positive, owner, present = V._training_batch(np.stack(images), np.stack(atoms), np.array(scenes), cap,
+    crops, texts, positive, owner, present = _tiny_clips._training_batch(np.stack(images), np.stack(atoms), np.array(scenes), cap,
                                                       32, np.random.default_rng(1))
     assert len(crops) == 32 and len(texts) == len(owner) > 32 and positive.shape == (32, len(texts))
     assert (owner[:32] == np.arange(32)).all() and present.shape == (32, len(world.concept_names))
@@ -279,7 +280,7 @@ def test_default_vlm_loads_from_the_cache(briefly_trained, tmp_path, monkeypatch
     vlm, info = briefly_trained
     monkeypatch.setenv("NEURCORE_CACHE", str(tmp_path))
     monkeypatch.setitem(V.DEFAULT_VLMS, "default", "vit")  # the briefly trained one stands in
-    V._save_tiny(vlm, info, str(tmp_path / V.TINY_CLIPS["vit"].file))
+    _tiny_clips._save_tiny(vlm, info, str(tmp_path / V.TINY_CLIPS["vit"].file))
     loaded = V.load_vlm("default", progress=False)
     images = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     np.testing.assert_allclose(loaded.encode_image(images), vlm.encode_image(images), atol=1e-5)
@@ -319,7 +320,7 @@ def test_embed_images_cached_and_resumed(tiny, tmp_path):
     np.testing.assert_allclose(V.embed_images(again, probe, str(tmp_path / "a"), batch_size=4, progress=False),
                                want, atol=1e-5)
     assert again.calls == 0
-    assert os.path.isfile(tmp_path / "a" / V._safe(tiny.cache_key) / "images.npy")
+    assert os.path.isfile(tmp_path / "a" / os.path.basename(V.vlm_cache_dir("", tiny)) / "images.npy")
     # Interrupted during the second batch: the rerun encodes only the batches left.
     broken = Counting(tiny, fail_on=2)
     with pytest.raises(KeyboardInterrupt):

@@ -1,6 +1,6 @@
-// The pybind11 boundary of the optional CUDA module neurcore._cuda. It takes
+// The pybind11 boundary of the optional CUDA module neurcore.engine._cuda. It takes
 // raw device pointers (torch's tensor.data_ptr()), sizes and a stream handle,
-// never Python tensors: no libtorch link, no torch ABI. neurcore._ops checks
+// never Python tensors: no libtorch link, no torch ABI. neurcore.engine._dispatch checks
 // devices, dtypes, shapes and contiguity before calling here, and allocates
 // the outputs.
 #include <pybind11/pybind11.h>
@@ -34,7 +34,7 @@ nc::SparseRowsDev sparse(std::uintptr_t indptr, std::uintptr_t images, std::uint
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "neurcore CUDA kernels over bit-packed masks (device pointers; see neurcore._ops)";
+  m.doc() = "neurcore CUDA kernels over bit-packed masks (device pointers; see neurcore.engine._dispatch)";
 
   m.def("runtime_version", [] {
     int v = 0;

@@ -1,6 +1,6 @@
 // Fused integrated-gradients accumulation on a CUDA device (ig.cu). Device
 // pointers, sizes and a stream; the launcher checks the launch and throws
-// std::runtime_error on failure. neurcore._ig has checked shapes and dtypes.
+// std::runtime_error on failure. neurcore.attribution._fused has checked shapes and dtypes.
 #pragma once
 
 #include <cuda_runtime.h>

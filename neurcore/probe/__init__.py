@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from .base import Probe, ProbeError
+from ..errors import ProbeError
+from .base import Probe
 from .broden import BrodenProbe, write_broden
 from .folder import FolderProbe
 from .synthetic import SyntheticWorld

@@ -6,12 +6,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .._bitmasks import BitMasks, BitMasksBuilder
-from ..errors import InputError
-
-
-class ProbeError(InputError):
-    """A probe file or row that cannot be read; the message names the file and row."""
+from ..engine import BitMasks, BitMasksBuilder
+from ..errors import ProbeError
 
 
 class Probe:

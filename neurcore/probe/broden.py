@@ -20,7 +20,8 @@ import re
 
 import numpy as np
 
-from .base import Probe, ProbeError, resize_nearest
+from ..errors import ProbeError
+from .base import Probe, resize_nearest
 
 META = ("image", "split", "ih", "iw", "sh", "sw")
 _CATEGORY_FIELD = re.compile(r"^([^(]+)\((\d+)\)$")

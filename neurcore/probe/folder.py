@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from .base import Probe, ProbeError, resize_nearest
+from ..errors import ProbeError
+from .base import Probe, resize_nearest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

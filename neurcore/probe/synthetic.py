@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._bitmasks import BitMasks, BitMasksBuilder
-from ..formula import Formula, Leaf, parse
+from ..engine import BitMasks, BitMasksBuilder
+from ..errors import InputError
+from ..rules.formula import AndNot, Formula, Leaf, Not, Or, parse
 from .base import Probe
 
 SCENES = ("beach", "field", "lake", "mountain", "room", "street")
@@ -73,7 +74,7 @@ class SyntheticWorld(Probe):
 
     def __init__(self, n_images: int = 3000, size: int = 64, seed: int = 0):
         if n_images < 1 or size < 16:
-            raise ValueError(f"SyntheticWorld: need n_images >= 1 and size >= 16, got {n_images}, {size}")
+            raise InputError(f"SyntheticWorld: need n_images >= 1 and size >= 16, got {n_images}, {size}")
         self.n_images, self.size, self.seed = int(n_images), int(size), int(seed)
         groups = (("scene", SCENES), ("stuff", STUFF), ("object", SHAPES), ("color", COLORS),
                   ("texture", TEXTURES))
@@ -193,7 +194,7 @@ class SyntheticWorld(Probe):
         forced = {}
         for name in _positive_leaves(f):
             if name not in self._index:
-                raise ValueError(f"render: unknown concept {name!r}")
+                raise InputError(f"render: unknown concept {name!r}")
             cat = self.concept_categories[self._index[name]]
             if cat not in forced:
                 forced[cat] = name
@@ -210,15 +211,13 @@ class SyntheticWorld(Probe):
                     maps.append(concept)
                     break
             else:
-                raise ValueError(f"render: could not draw {f} in {max_tries} tries")
+                raise InputError(f"render: could not draw {f} in {max_tries} tries")
         if return_maps:
             return np.stack(images), np.stack(masks), np.stack(maps)
         return np.stack(images), np.stack(masks)
 
 
 def _positive_leaves(f: Formula):
-    from ..formula import AndNot, Not, Or
-
     if isinstance(f, Leaf):
         yield f.name
     elif isinstance(f, Not):

@@ -1,0 +1,18 @@
+"""Activations: a model run over a probe, cached on disk, thresholded and binarized into unit masks.
+
+- :func:`extract`: every image of the probe through the model, the maps of the chosen layers
+  streamed into a memory-mapped cache ``[n_images, units, h, w]`` that a killed run resumes;
+  planted units (:func:`planted_maps`) are appended where the probe has exact concept maps.
+- :func:`thresholds` and :func:`unit_masks`: each unit's exact top-quantile threshold and its maps
+  binarized at the concept masks' resolution into image-sparse ``BitMasks``, as Network Dissection
+  does (Bau et al., "Network Dissection", CVPR 2017).
+- :func:`unit_scores`: per-image activations (spatial means), the input of CLIP-Dissect, LinEx and
+  SIEVE.
+"""
+
+from ._binarize import thresholds, unit_masks
+from ._extract import extract
+from ._planted import planted_maps
+from ._scores import unit_scores
+
+__all__ = ["extract", "thresholds", "unit_masks", "planted_maps", "unit_scores"]

@@ -1,0 +1,80 @@
+"""Activations of model layers over a probe, streamed into an on-disk cache that a killed run resumes.
+
+:func:`extract` runs the probe through the model in batches with forward hooks (removed in
+``finally``) and streams each layer's maps into a memory-mapped ``.npy`` cache
+``[n_images, units, h, w]`` (float32), so a layer larger than RAM works; a progress file, replaced
+atomically after every batch, lets an interrupted run resume at the next batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .._io import read_json, safe_name, write_json
+from ..errors import InputError
+from ..models import as_maps, hooked, resolve_layer
+from ._planted import planted_maps
+
+__all__ = ["extract"]
+
+
+def extract(spec, layers: list[str], probe, out_dir: str, *, batch_size: int = 64, progress: bool = True):
+    """Activations of ``layers`` over the whole probe, cached in ``out_dir/<layer>/acts.npy``.
+
+    Returns {layer: read-only memmap [n_images, units, h, w]}. Planted units of
+    ``spec`` are appended after the layer's own units. Resumes an interrupted run.
+    """
+    import torch
+    from tqdm import tqdm
+
+    for name in layers:
+        resolve_layer(spec.module, name)  # fail before any work on an unknown layer
+    n = probe.n_images
+    if n == 0:
+        raise InputError(f"{probe.name}: the probe has no images")
+    paths = {name: os.path.join(out_dir, safe_name(name)) for name in layers}
+    for p in paths.values():
+        os.makedirs(p, exist_ok=True)
+    states = {name: read_json(os.path.join(paths[name], "progress.json")) for name in layers}
+    start = min((s or {}).get("done", 0) for s in states.values())
+    planted = {name: [u for u in spec.planted if u.layer == name] for name in layers}
+    if any(planted.values()) and not hasattr(probe, "concept_maps"):
+        planted = {name: [] for name in layers}  # planted units need exact concept maps
+    caches: dict[str, np.ndarray] = {}
+    if start >= n:
+        return {name: np.load(os.path.join(paths[name], "acts.npy"), mmap_mode="r") for name in layers}
+    spec.module.eval()
+    bar = tqdm(total=n, initial=start, desc="activations", unit="img", disable=not progress, leave=False)
+    with torch.no_grad(), hooked(spec.module, layers) as outputs:
+        for s in range(start - start % batch_size, n, batch_size):
+            e = min(n, s + batch_size)
+            spec.module(spec.preprocess(probe.images(s, e)))
+            cmaps = probe.concept_maps(s, e) if any(planted.values()) else None
+            for name in layers:
+                maps = as_maps(outputs[name]).float().numpy()
+                if planted[name]:
+                    extra = planted_maps(planted[name], cmaps, probe.concept_names, maps.shape[2:], s)
+                    maps = np.concatenate([maps, extra], axis=1)
+                if name not in caches:
+                    caches[name] = _open_cache(paths[name], (n, *maps.shape[1:]))
+                caches[name][s:e] = maps
+            for name in layers:
+                caches[name].flush()
+                write_json(os.path.join(paths[name], "progress.json"), {"done": e, "shape": list(caches[name].shape)})
+            bar.n = e
+            bar.refresh()
+    bar.close()
+    del caches
+    return {name: np.load(os.path.join(paths[name], "acts.npy"), mmap_mode="r") for name in layers}
+
+
+def _open_cache(path: str, shape: tuple) -> np.ndarray:
+    file = os.path.join(path, "acts.npy")
+    if os.path.exists(file):
+        cache = np.load(file, mmap_mode="r+")
+        if cache.shape == tuple(shape):
+            return cache
+        del cache
+    return np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=tuple(shape))

@@ -1,0 +1,108 @@
+"""NeurFlow's many-neurons-at-once integrated gradients between two layers."""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import InputError
+from ._fused import ig_accumulate
+from ._integrated_gradients import CHUNK_BYTES, quadrature
+from ._layer_function import layer_function, restrict_output
+
+__all__ = ["LayerToLayerIntegratedGradients"]
+
+
+def _channel_means(y):
+    return y.mean(dim=tuple(range(2, y.dim()))) if y.dim() > 2 else y
+
+
+class LayerToLayerIntegratedGradients:
+    """NeurFlow's importance of the channels of a lower layer for channels of an upper layer.
+
+    For each target (upper channel t, its spatial mean) and each of its examples u (rows of the
+    lower layer's activations), the integrated gradients of t with respect to the lower activation
+    x_u from a zero (or given) baseline, reduced over space in the kernel:
+
+        score[t, j, c] = mean_p (x_u - b_u)[c, p] * sum_s w_s d t / d x[c, p] (b_u + alpha_s (x_u - b_u))
+
+    for u = examples[t, j]. Returned as float [T, k, C_lower]; NeurFlow takes |.| and averages over
+    the k examples. Equal to Captum's ``IntegratedGradients(net).attribute(x[examples[t]], target=t)``
+    (with net's output averaged over space) averaged over space (tested). All (target, example) pairs are batched
+    together; each chunk of pairs computes only its own targets' channels when the upper end of
+    the layer function allows it (a last convolution or linear layer, or a ResNet block), and its
+    size is bounded by ``chunk_bytes``. The default (None) bounds a chunk's interpolated rows by
+    ``AUTO_CHUNK_FRACTION`` of one target's k x n_steps (what one per-neuron Captum call holds at
+    once) and by ``CHUNK_BYTES``, so peak memory stays a small fraction of that call's.
+    """
+
+    #: With ``chunk_bytes=None``: a chunk holds at most this fraction of one target's k x n_steps rows.
+    AUTO_CHUNK_FRACTION = 1 / 8
+
+    def __init__(self, model, lower: str, upper: str | None = None, *, net=None, backend: str | None = None,
+                 chunk_bytes: int | None = None, restrict: bool = True):
+        self.net = net if net is not None else layer_function(model, lower, upper)
+        self.backend = backend
+        self.chunk_bytes = None if chunk_bytes is None else int(chunk_bytes)
+        self.restrict = restrict
+
+    def attribute(self, lower_activations, targets, examples, baselines=None, n_steps: int = 50,
+                  method: str = "gausslegendre"):
+        import torch
+
+        x = lower_activations
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
+            raise InputError("lower_activations must be a float tensor [N, C, ...]")
+        targets = torch.as_tensor(targets, dtype=torch.int64).reshape(-1)
+        examples = torch.as_tensor(examples, dtype=torch.int64)
+        if examples.dim() != 2 or examples.shape[0] != len(targets):
+            raise InputError(f"examples must be [T, k] with T = {len(targets)} targets, got {tuple(examples.shape)}")
+        if examples.numel() and (examples.min() < 0 or examples.max() >= x.shape[0]):
+            raise InputError(f"examples index rows 0..{x.shape[0] - 1} of lower_activations, got "
+                             f"{int(examples.min())}..{int(examples.max())}")
+        alphas, weights = quadrature(method, n_steps)
+        n_t, k = examples.shape
+        c = x.shape[1]
+        spatial = math.prod(x.shape[2:]) if x.dim() > 2 else 1
+        out = torch.zeros((n_t * k, c), dtype=x.dtype, device=x.device)
+        if out.numel() == 0:
+            return out.reshape(n_t, k, c)
+        base = None if baselines is None else torch.broadcast_to(
+            torch.as_tensor(baselines, dtype=x.dtype, device=x.device), x.shape[1:])
+        pair_target = targets.repeat_interleave(k)
+        pair_row = examples.reshape(-1)
+        row_bytes = c * spatial * x.element_size()
+        # Pairs per chunk and steps per chunk: interpolated rows <= chunk_bytes / row_bytes.
+        if self.chunk_bytes is None:
+            rows = max(1, min(CHUNK_BYTES // max(1, row_bytes), int(k * n_steps * self.AUTO_CHUNK_FRACTION)))
+        else:
+            rows = max(1, self.chunk_bytes // max(1, row_bytes))
+        pairs_per_chunk = max(1, min(len(pair_row), rows // n_steps if rows >= n_steps else 1))
+        steps_per_chunk = max(1, min(n_steps, rows // pairs_per_chunk))
+        w_all = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
+        restricted = {}  # target channels -> the net computing only them, shared by the chunks
+        for p0 in range(0, len(pair_row), pairs_per_chunk):
+            sel = slice(p0, p0 + pairs_per_chunk)
+            tgt = pair_target[sel]
+            chunk_targets, column = torch.unique(tgt, return_inverse=True)
+            key = tuple(chunk_targets.tolist())
+            if self.restrict and key not in restricted:
+                restricted[key] = restrict_output(self.net, list(key))
+            net = restricted.get(key)
+            if net is None:
+                net, column = self.net, tgt
+            pts = x[pair_row[sel].to(x.device)]
+            b = torch.zeros_like(pts) if base is None else base.expand_as(pts)
+            delta = (pts - b).contiguous()
+            m = len(pts)
+            col = column.to(x.device)
+            for s0 in range(0, n_steps, steps_per_chunk):
+                a = alphas[s0 : s0 + steps_per_chunk]
+                scaled = torch.cat([b + float(al) * delta for al in a]).requires_grad_()
+                with torch.enable_grad():
+                    y = _channel_means(net(scaled))
+                    y = y.reshape(len(a), m, -1)[:, torch.arange(m, device=x.device), col]
+                    (g,) = torch.autograd.grad(y.sum(), scaled)
+                ig_accumulate(g.reshape(1, len(a), m, c, spatial), w_all[s0 : s0 + len(a)].contiguous(),
+                                  delta.reshape(m, c, spatial), out[p0 : p0 + m].view(1, m, c),
+                                  reduce_spatial=True, backend=self.backend)
+        return (out / spatial).reshape(n_t, k, c)

@@ -1,0 +1,138 @@
+"""One dispatch point per mask primitive: CPU (``neurcore.engine._C``), CUDA
+(``neurcore.engine._cuda``) or Triton, chosen by where the data lives.
+
+Arrays on the CPU are numpy (uint64 words, int64 indices); arrays on a CUDA
+device are torch tensors (int64 holding the same bits). Nothing falls back
+silently: data on a CUDA device without the CUDA module is an error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from . import backends
+from ._device import is_torch
+from .backends import _C
+
+#: Operator codes of the native elementwise kernels.
+OP_CODES = {"and": 0, "or": 1, "and_not": 2}
+
+
+# ---------------------------------------------------------------- CUDA helpers
+def cuda_call(name: str, *tensors):
+    """The CUDA module's function and the current stream for these tensors."""
+    import torch
+
+    mod = backends.cuda_module()
+    dev = tensors[0].device
+    for t in tensors:
+        if t.device != dev:
+            raise InputError(f"{name}: all inputs must be on one device, got {dev} and {t.device}")
+        if not t.is_contiguous():
+            raise InputError(f"{name}: CUDA inputs must be contiguous")
+        if t.dtype not in (torch.int64, torch.bool):
+            raise TypeError(f"{name}: CUDA words and indices must be torch.int64, got {t.dtype}")
+    return getattr(mod, name), torch.cuda.current_stream(dev).cuda_stream
+
+
+def ptr(t) -> int:
+    return t.data_ptr()
+
+
+def check_same_space(what: str, a, b, names: tuple[str, str]) -> None:
+    """Two BitMasks must share one sample space and one device; the error names both."""
+    if a.sample_shape != b.sample_shape:
+        raise InputError(f"{what}: operands must share one sample space; {names[0]} is over {a.sample_shape}, "
+                         f"{names[1]} over {b.sample_shape}")
+    if a.device != b.device:
+        raise InputError(f"{what}: {names[0]} is on {a.device} and {names[1]} on {b.device}; move one with .to()")
+
+
+# ------------------------------------------------------------------ primitives
+def popcount_rows(words):
+    """Set bits per row of words [m, k] -> int64 [m]."""
+    if not is_torch(words):
+        return _C.popcount_rows(words)
+    import torch
+
+    fn, stream = cuda_call("popcount_rows", words)
+    out = torch.empty(words.shape[0], dtype=torch.int64, device=words.device)
+    fn(ptr(words), words.shape[0], words.shape[1], ptr(out), stream)
+    return out
+
+
+def nonzero_blocks(words):
+    """Whether each block of words [m, wpi] has a bit set -> bool [m]."""
+    if not is_torch(words):
+        return _C.nonzero_blocks(words)
+    import torch
+
+    fn, stream = cuda_call("nonzero_blocks", words)
+    out = torch.empty(words.shape[0], dtype=torch.bool, device=words.device)
+    fn(ptr(words), words.shape[0], words.shape[1], ptr(out), stream)
+    return out
+
+
+def binary_dense(op: str, a, b):
+    """Elementwise a op b over words [na, k], [nb, k]; a single row broadcasts."""
+    if not is_torch(a):
+        return _C.binary_dense(OP_CODES[op], a, b)
+    import torch
+
+    fn, stream = cuda_call("binary_dense", a, b)
+    n = max(a.shape[0], b.shape[0])
+    out = torch.empty((n, a.shape[1]), dtype=torch.int64, device=a.device)
+    fn(OP_CODES[op], ptr(a), a.shape[0], ptr(b), b.shape[0], a.shape[1], ptr(out), stream)
+    return out
+
+
+def not_blocks(words, pixels_per_image: int):
+    """~words [m, wpi] per image block, padding bits zero."""
+    if not is_torch(words):
+        return _C.not_blocks(words, pixels_per_image)
+    import torch
+
+    fn, stream = cuda_call("not_blocks", words)
+    out = torch.empty_like(words)
+    fn(ptr(words), words.shape[0], words.shape[1], pixels_per_image, ptr(out), stream)
+    return out
+
+
+def combine_blocks(ops, a, ia, b, ib):
+    """out[t] = A[ia[t]] op_t B[ib[t]] over blocks of words; -1 is a zero block.
+
+    ops: one op name for every block, or a uint8 array of codes (0 and, 1 or,
+    2 and_not), one per block. ia, ib: host int64 arrays. A "block" is any
+    run of a.shape[1] words: an image block, or a whole dense row.
+    """
+    m = len(ia)
+    codes = np.full(m, OP_CODES[ops], dtype=np.uint8) if isinstance(ops, str) else np.ascontiguousarray(ops, np.uint8)
+    if not is_torch(a):
+        return _C.combine_blocks(codes, a, np.ascontiguousarray(ia, np.int64), b, np.ascontiguousarray(ib, np.int64))
+    import torch
+
+    if codes.size and codes.max() > 2:
+        raise InputError("ops: codes must be 0 (and), 1 (or) or 2 (and_not)")
+    ia_d, ib_d = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(a.device) for x in (ia, ib))
+    ops_d = torch.from_numpy(codes).to(a.device)
+    fn, stream = cuda_call("combine_blocks", a, b, ia_d, ib_d)
+    out = torch.empty((m, a.shape[1]), dtype=torch.int64, device=a.device)
+    fn(ptr(ops_d), ptr(a), ptr(ia_d), ptr(b), ptr(ib_d), m, a.shape[1], ptr(out), stream)
+    return out
+
+
+# ------------------------------------------------------------ sparse helpers
+def image_major_index(indptr: np.ndarray, images: np.ndarray, n_images: int):
+    """B's blocks ordered by image: (by_image [n_images + 1], row [nnz], block [nnz])."""
+    rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    order = np.argsort(images, kind="stable").astype(np.int64)
+    by_image = np.zeros(n_images + 1, dtype=np.int64)
+    np.cumsum(np.bincount(images, minlength=n_images), out=by_image[1:])
+    return by_image, rows[order], order
+
+
+def largest_rectangles(masks: np.ndarray) -> np.ndarray:
+    """Largest axis-aligned rectangle of set pixels of each mask bool [m, h, w] (host) -> int32 [m, 4]
+    ``(y0, x0, y1, x1)`` inclusive, ``(0, 0, -1, -1)`` when empty (CPU kernel)."""
+    return _C.largest_rectangles(np.ascontiguousarray(masks))

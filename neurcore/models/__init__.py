@@ -1,0 +1,41 @@
+"""Models to explain: any ``torch.nn.Module`` with layers named by dotted paths, how to feed it
+(:class:`ModelSpec`), torchvision classifiers by name, and the embedded default models.
+
+The default model is a small CNN trained on the synthetic concept world to predict which concepts an
+image contains (multi-label), on the CPU in about a minute, and cached. It comes with planted units:
+extra channels appended to ``conv4`` whose activation is a known formula of the probe's exact
+concept maps (area-averaged to the layer's resolution, scaled by a random strength per image, plus
+noise), so every run can report how many planted explanations it recovered. They exist only where
+the probe has exact concept maps (the synthetic world). ``default-circuit`` is the same model with
+a class wired through known channels (:func:`planted_circuit_model`).
+"""
+
+from ._default import (
+                       CIRCUIT_CLASS,
+                       CIRCUIT_FAN_IN,
+                       DEFAULT_PLANTED,
+                       DEFAULT_PLANTED_LINEAR,
+                       default_model,
+                       planted_circuit_model,
+)
+from ._layers import as_maps, hooked, resolve_layer
+from ._spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, PlantedUnit
+from ._zoo import TORCHVISION_MODELS, load_model
+
+__all__ = [
+    "ModelSpec",
+    "PlantedUnit",
+    "load_model",
+    "resolve_layer",
+    "hooked",
+    "as_maps",
+    "default_model",
+    "planted_circuit_model",
+    "TORCHVISION_MODELS",
+    "DEFAULT_PLANTED",
+    "DEFAULT_PLANTED_LINEAR",
+    "CIRCUIT_CLASS",
+    "CIRCUIT_FAN_IN",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]

@@ -1,0 +1,316 @@
+"""Vision-language labels of a layer's units: CLIP-Dissect, LinEx and SIEVE, every label scored by
+one verifier, side by side with Network Dissection's rules.
+
+``label(model, layers, probe, methods=...)`` runs the model over the probe (the activation cache
+of :mod:`neurcore.dissect`, shared), embeds the probe once per vision-language model
+(``vlm/<model>/images.npy``), and per layer writes each method's rows under
+``labels/<layer>/`` (SIEVE unit by unit, so an interrupted run resumes without regenerating
+what it verified). Then every label, and the rule-search explanations when given, is verified
+(:class:`neurcore.verify.Verifier`: Activation Rate, CoSy AUC and MAD on generated images, cached
+per prompt) and simulated (Pearson r of the unit's activation on LinEx's test split against the
+label's concept probabilities under a second, independent VLM). Outputs: ``labels.jsonl`` (the
+shared schema, one row per method and unit), ``linex.csv`` (LinEx's table), ``clip_dissect.csv``
+(``layer, unit, description, similarity``) and ``labels_summary.json`` (per layer and method: mean
+Activation Rate, CoSy, simulation r; planted-unit recovery).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .. import activations as acts_mod
+from .._io import atomic_open, check_manifest, safe_name, write_json
+from ..activations import unit_scores
+from ..errors import InputError
+from ..labels import (
+    METHODS,
+    SIMILARITY_FUNCTIONS,
+    ClipDissect,
+    Generator,
+    LinEx,
+    Sieve,
+    Verifier,
+    VisionLanguageModel,
+    concept_auc,
+    concept_probabilities,
+    concept_prompt,
+    embed_images,
+    embed_texts,
+    image_text_similarity,
+    label_simulation_r,
+    load_generator,
+    load_vlm,
+    simulation_r,
+    split_indices,
+    vlm_cache_dir,
+    write_linex_table,
+)
+from ..models import ModelSpec, load_model, resolve_layer
+from ..probe import Probe, SyntheticWorld, open_probe
+from ..report import write_label_report
+from ..results import Explanation, read_jsonl, write_jsonl
+
+__all__ = ["label", "read_vocabulary"]
+
+
+def read_vocabulary(path: str) -> list[str]:
+    """One word or phrase per line (blank lines and ``#`` comments skipped, duplicates dropped)."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such vocabulary file")
+    with open(path, encoding="utf-8") as f:
+        words = [line.strip() for line in f]
+    words = list(dict.fromkeys(w for w in words if w and not w.startswith("#")))
+    if not words:
+        raise InputError(f"{path}: the vocabulary file is empty (expected one word or phrase per line)")
+    return words
+
+
+def label(model="default", layers=("conv4",), probe="default", *, methods=METHODS, out_dir: str = "labels",
+          weights: str | None = None, vlm: str = "default", vlm_weights: str | None = None,
+          sim_vlm: str | None = "default-2", sim_vlm_weights: str | None = None, vocabulary=None,
+          generator: str = "synthetic", generator_options: dict | None = None, n_generated: int = 50,
+          similarity: str = "soft_wpmi", tau: float = 10.0,
+          top_n: int = 20, crop: float = 0.5, top_k: int = 3, max_k: int = 5, rules=None,
+          probe_images: int | None = None, batch_size: int = 64, seed: int = 0, report: bool = True,
+          progress: bool = True) -> list[Explanation]:
+    """Label ``layers`` of ``model`` with ``methods`` (clip-dissect, linex, sieve) and verify every label.
+
+    vlm / sim_vlm: the explainer's vision-language model and the independent one that scores
+    simulation (``default`` and ``default-2`` are the embedded tiny CLIPs; any open_clip name with
+    ``*_weights``; or a :class:`~neurcore.vlm.VisionLanguageModel`; sim_vlm None: no simulation).
+    vocabulary: a list of phrases, a file path (one per line), or None for the
+    probe's concept names. generator: ``synthetic``, ``diffusers:DIR`` or a
+    :class:`~neurcore.generate.Generator` (``generator_options``: keyword
+    arguments of its backend, e.g. ``num_inference_steps``). rules: rule explanations to verify
+    beside the labels: {layer: [Explanation]} (as ``neurcore dissect`` passes), or a rule method
+    (``dissect``, ``beam``) to run first into the same ``out_dir``, or None.
+    Returns every row written to ``labels.jsonl``.
+    """
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(f"label methods must be among {', '.join(METHODS)}, got {', '.join(unknown) or 'none'}")
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise InputError("label: give at least one layer")
+    spec = model if isinstance(model, ModelSpec) else load_model(model, weights, progress=progress)
+    for name in layers:
+        resolve_layer(spec.module, name)
+    the_probe = probe if isinstance(probe, Probe) else open_probe(
+        probe, image_size=spec.input_size if probe.startswith(("broden", "folder")) else None, n_images=probe_images)
+    if isinstance(vocabulary, str):
+        vocab = read_vocabulary(vocabulary)
+    elif vocabulary is None:
+        vocab = list(the_probe.concept_names)
+    else:
+        vocab = list(dict.fromkeys(vocabulary))
+    if not vocab:
+        raise InputError("label: the vocabulary is empty")
+    world = the_probe if isinstance(the_probe, SyntheticWorld) else None
+    gen = generator if isinstance(generator, Generator) else \
+        load_generator(generator, world=world, **(generator_options or {}))
+    explainer = vlm if isinstance(vlm, VisionLanguageModel) else load_vlm(vlm, vlm_weights, progress=progress)
+    simulator = None
+    if sim_vlm is not None and "linex" in methods:
+        simulator = sim_vlm if isinstance(sim_vlm, VisionLanguageModel) else \
+            load_vlm(sim_vlm, sim_vlm_weights, progress=progress)
+    settings = {"model": spec.name, "probe": getattr(the_probe, "name", str(probe)), "probe_images": the_probe.n_images,
+                "vlm": explainer.cache_key, "sim_vlm": simulator.cache_key if simulator else None, "generator": gen.describe(),
+                "n_generated": n_generated, "similarity": similarity, "tau": tau, "top_n": top_n, "crop": crop,
+                "top_k": top_k, "max_k": max_k, "seed": seed, "vocabulary": len(vocab), "layers": layers}
+    check_manifest(out_dir, settings, name=os.path.join("labels", "manifest.json"), what="labels ")
+
+    if isinstance(rules, str):  # a rule method to run (after every check above) and score beside the labels
+        from ._dissect import dissect
+
+        if not hasattr(the_probe, "concept_masks") or rules == "none":
+            rules = None
+        else:
+            found = dissect(spec, layers, the_probe, method=rules, out_dir=out_dir, report=False,
+                            batch_size=batch_size, progress=progress)
+            rules = {name: [r for r in found if r.layer == name] for name in layers}
+    acts = acts_mod.extract(spec, layers, the_probe, os.path.join(out_dir, "layers"), batch_size=batch_size,
+                            progress=progress)
+    vlm_dir = os.path.join(out_dir, "vlm")
+    image_emb = embed_images(explainer, the_probe, vlm_dir, batch_size=batch_size, progress=progress)
+    prompts = [concept_prompt(v) for v in vocab]
+    text_emb = embed_texts(explainer, prompts, vlm_dir)
+    sim_p = None
+    if simulator is not None:
+        sim_p = concept_probabilities(embed_images(simulator, the_probe, vlm_dir, batch_size=batch_size,
+                                                   progress=progress),
+                                      embed_texts(simulator, prompts, vlm_dir), *simulator.calibration)
+
+    rows: list[Explanation] = []
+    summary = {}
+    for name in layers:
+        d = os.path.join(out_dir, "labels", safe_name(name))
+        os.makedirs(d, exist_ok=True)
+        scores = unit_scores(acts[name], os.path.join(out_dir, "layers", safe_name(name), "scores.npy"))
+        verifier = Verifier(spec, name, scores, gen, n_images=n_generated, seed=seed,
+                            cache_dir=os.path.join(d, "verify"), batch_size=batch_size)
+        layer_rows = _label_layer(name, d, methods, acts[name], scores, the_probe, explainer, image_emb, text_emb,
+                                  vocab, verifier, sim_p, similarity, tau, top_n, crop, top_k, max_k, seed, progress)
+        rule_rows = [r for r in (rules or {}).get(name, [])]
+        _verify(layer_rows + rule_rows, verifier, d)
+        if sim_p is not None:
+            _simulate(layer_rows + rule_rows, sim_p, vocab, scores, seed)
+        planted = [u for u in spec.planted if u.layer == name] if world is not None else []
+        summary[name] = _summarize(layer_rows + rule_rows, scores.shape[1], planted)
+        write_jsonl(os.path.join(d, "labels.jsonl"), layer_rows + rule_rows)
+        rows.extend(layer_rows)
+    write_jsonl(os.path.join(out_dir, "labels.jsonl"), rows)
+    _write_tables(out_dir, rows)
+    auc = _concept_auc(explainer, vlm_dir) if world is not None and explainer.name.startswith("neurcore-tiny") \
+        else None
+    write_json(os.path.join(out_dir, "labels_summary.json"),
+               {"settings": settings, "layers": summary, "vlm_concept_auc": auc}, indent=2)
+    if report:
+        write_label_report(out_dir, the_probe, acts)
+    return rows
+
+
+def _concept_auc(vlm, vlm_dir: str) -> dict:
+    """The tiny CLIP's zero-shot concept-presence ROC-AUC (held-out synthetic images), once per model."""
+    path = os.path.join(vlm_cache_dir(vlm_dir, vlm), "concept_auc.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    auc = {k: (None if np.isnan(v) else v) for k, v in concept_auc(vlm, n_images=300).items()}
+    write_json(path, auc, indent=1)
+    return auc
+
+
+def _label_layer(name, d, methods, acts, scores, probe, vlm, image_emb, text_emb, vocab, verifier, sim_p, similarity,
+                 tau, top_n, crop, top_k, max_k, seed, progress) -> list[Explanation]:
+    out: list[Explanation] = []
+    for method in methods:
+        path = os.path.join(d, f"{method}.jsonl")
+        if os.path.isfile(path):
+            out.extend(read_jsonl(path))
+            continue
+        if method == "clip-dissect":
+            sim = image_text_similarity(np.asarray(image_emb), np.asarray(text_emb))
+            top_k = SIMILARITY_FUNCTIONS[similarity].get("top_k")
+            extra = {"top_k": min(top_k, len(scores))} if top_k else {}  # a probe smaller than the anchor's top_k
+            got = ClipDissect(sim, vocab).explain(scores, similarity=similarity, layer=name, **extra)
+        elif method == "linex":
+            p = concept_probabilities(np.asarray(image_emb), np.asarray(text_emb), *vlm.calibration)
+            got = LinEx(p, vocab).explain(scores, seed=seed, layer=name)
+        else:
+            got = Sieve(vlm, vocab, verifier, text_emb=text_emb).explain(
+                acts, probe, scores=scores, tau=tau, top_n=top_n, crop=crop, max_k=max_k, top_k=top_k, layer=name,
+                parts_dir=os.path.join(d, "sieve-parts"), progress=progress)
+        write_jsonl(path, got)
+        out.extend(got)
+    return out
+
+
+def _verify(rows: list[Explanation], verifier, d: str) -> None:
+    """Activation Rate and CoSy for every row with a single label or formula (LinEx's mixtures are
+    scored by simulation instead); SIEVE rows already carry their verified hypothesis."""
+    for r in rows:
+        if r.method in ("linex", "sieve") or not r.formula:
+            continue
+        got = verifier.score(r.formula, [r.unit])[0]
+        for key in ("activation_rate", "cosy_auc", "cosy_mad"):
+            if got.get(key) is not None:
+                r.metrics[key] = got[key]
+        if got.get("error"):
+            r.extra["verify_error"] = got["error"]
+        r.extra["verify_images"] = os.path.relpath(verifier._path(r.formula), os.path.dirname(os.path.dirname(d))) \
+            if verifier.cache_dir else None
+
+
+def _simulate(rows, sim_p, vocab, scores, seed) -> None:
+    """Simulation r on LinEx's test split under the second VLM, for every method with a label."""
+    test = split_indices(len(scores), seed=seed)[2]
+    linex = [r for r in rows if r.method == "linex"]
+    if linex:
+        r_lin = simulation_r(linex, sim_p, vocab, scores, test)
+        for r, v in zip(linex, r_lin):
+            r.metrics["simulation_r"] = float(v)
+    singles = [r for r in rows if r.method != "linex" and r.formula and r.formula in vocab]
+    if singles:
+        unit_acts = scores[:, [r.unit for r in singles]]
+        r_one = label_simulation_r([r.formula for r in singles], sim_p, vocab, unit_acts, test)
+        for r, v in zip(singles, r_one):
+            r.metrics["simulation_r"] = float(v)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+def _summarize(rows, n_units: int, planted) -> dict:
+    """Per method: units labelled, mean Activation Rate / CoSy / simulation r over the real (not
+    planted) units; SIEVE's selected units and the other methods' AR on those same units; recovery of
+    planted detectors (CLIP-Dissect, SIEVE) and planted linear units (LinEx, concept and sign)."""
+    first_planted = n_units - len(planted)
+    real = [r for r in rows if r.unit < first_planted]
+    by = {}
+    for r in real:
+        by.setdefault(r.method, []).append(r)
+    out = {"methods": {}}
+    for m, rs in by.items():
+        out["methods"][m] = {
+            "units": len(rs), "labelled": sum(r.formula is not None for r in rs),
+            "activation_rate": _mean(r.metrics.get("activation_rate") for r in rs),
+            "cosy_auc": _mean(r.metrics.get("cosy_auc") for r in rs),
+            "cosy_mad": _mean(r.metrics.get("cosy_mad") for r in rs),
+            "simulation_r": _mean(r.metrics.get("simulation_r") for r in rs)}
+    sieve = [r for r in by.get("sieve", []) if r.extra.get("selected")]
+    if sieve:
+        units = {r.unit for r in sieve}
+        same = {m: _mean(r.metrics.get("activation_rate") for r in rs if r.unit in units) for m, rs in by.items()}
+        retained = next((r.extra["mean_activation_rate"] for r in sieve if "mean_activation_rate" in r.extra), None)
+        out["sieve_units"] = {"selected": len(units), "activation_rate": same,
+                              "sieve_hypotheses_mean_ar": retained}
+    if planted:
+        out["planted"] = _planted_recovery(rows, first_planted, planted)
+    return out
+
+
+def _planted_recovery(rows, first: int, planted) -> dict:
+    detectors = {first + k: str(u.formula) for k, u in enumerate(planted) if u.formula is not None
+                 and len(u.formula) == 1}
+    linear = {first + k: dict(u.weights) for k, u in enumerate(planted) if u.weights is not None}
+    res: dict = {}
+    for m in ("clip-dissect", "sieve"):
+        got = {r.unit: r for r in rows if r.method == m and r.unit in detectors}
+        if not got:
+            continue
+        hits = [u for u, r in got.items() if r.formula == detectors[u]]
+        selected = [u for u, r in got.items() if m != "sieve" or r.extra.get("selected")]
+        res[m] = {"detectors": len(detectors), "labelled_as_planted": len(hits), "scored_units": len(selected),
+                  "units": {str(u): {"planted": detectors[u], "label": got[u].formula} for u in sorted(got)}}
+    lin = {r.unit: r for r in rows if r.method == "linex" and r.unit in linear}
+    if lin:
+        pairs, found, units = 0, 0, {}
+        for u, r in sorted(lin.items()):
+            weights = dict(zip(r.extra.get("concepts", []), r.extra.get("weights", [])))
+            ok = {c: bool(c in weights and np.sign(weights[c]) == np.sign(w)) for c, w in linear[u].items()}
+            pairs += len(ok)
+            found += sum(ok.values())
+            units[str(u)] = {"planted": linear[u], "found": weights, "right_sign": ok}
+        res["linex"] = {"planted_concepts": pairs, "found_with_right_sign": found, "units": units}
+    return res
+
+
+def _write_tables(out_dir: str, rows: list[Explanation]) -> None:
+    import csv
+
+    linex = [r for r in rows if r.method == "linex"]
+    if linex:
+        write_linex_table(os.path.join(out_dir, "linex.csv"), linex)
+    cd = [r for r in rows if r.method == "clip-dissect"]
+    if cd:
+        with atomic_open(os.path.join(out_dir, "clip_dissect.csv"), newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["layer", "unit", "description", "similarity"])
+            for r in cd:
+                w.writerow([r.layer or "", r.unit, r.formula or "", r.metrics.get("similarity", "")])
