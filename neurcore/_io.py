@@ -14,8 +14,8 @@ from typing import Any, Iterator
 
 from .errors import InputError
 
-__all__ = ["atomic_path", "atomic_open", "write_json", "write_text", "read_json", "check_manifest", "cache_dir",
-           "safe_name"]
+__all__ = ["atomic_path", "atomic_open", "write_json", "write_text", "read_json", "check_manifest",
+           "cache_dir", "safe_name"]
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ vectors this way.
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +41,8 @@ def cluster(Z: np.ndarray, k: int, method: str = "kmeans", seed: int = 0) -> tup
     return labels, np.stack([Z[labels == j].mean(axis=0) for j in range(k)])
 
 
-def cluster_by_silhouette(Z: np.ndarray, ks, method: str = "kmeans", seed: int = 0):
+def cluster_by_silhouette(Z: np.ndarray, ks: Sequence[int] | np.ndarray, method: str = "kmeans",
+                          seed: int = 0) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """Cluster ``Z`` [n, d] with each k of ``ks`` and keep the k of the best silhouette score.
 
     Returns (k, labels int64 [n], centers [k, d], silhouette float [len(ks)]); a k whose clustering
@@ -58,7 +60,8 @@ def cluster_by_silhouette(Z: np.ndarray, ks, method: str = "kmeans", seed: int =
     sample = SILHOUETTE_SAMPLES if n > SILHOUETTE_SAMPLES else None
     for i, kk in enumerate(ks):
         with warnings.catch_warnings():  # k above the number of distinct points: scored, then skipped
-            warnings.filterwarnings("ignore", message="Number of distinct clusters", category=ConvergenceWarning)
+            warnings.filterwarnings("ignore", message="Number of distinct clusters",
+                                    category=ConvergenceWarning)
             labels, centers = cluster(Z, int(kk), method, seed)
         if 2 <= len(np.unique(labels)) <= n - 1:
             silhouette[i] = silhouette_score(Z, labels, sample_size=sample, random_state=seed)

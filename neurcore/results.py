@@ -57,13 +57,16 @@ class Explanation:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """Every field, as plain dicts and lists (a deep copy)."""
         return asdict(self)
 
     def to_json(self) -> str:
+        """One line of JSON (NaN and infinity are refused, not written)."""
         return json.dumps(self.to_dict(), allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Explanation":
+        """The Explanation of a dict from :meth:`to_dict`; keys of a newer neurcore land in ``extra``."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:  # written by a newer neurcore: keep what we do not know in extra
@@ -81,6 +84,7 @@ def write_jsonl(path: str | os.PathLike, results: Iterable[Explanation]) -> None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Explanation]:
+    """The explanations of a file written by :func:`write_jsonl`, one per non-empty line."""
     with open(path) as f:
         return [Explanation.from_dict(json.loads(line)) for line in f if line.strip()]
 
@@ -101,7 +105,8 @@ def write_csv(path: str | os.PathLike, results: Iterable[Explanation]) -> None:
             c, m, p = r.counts, r.metrics, r.planted or {}
             w.writerow([r.layer or "", r.unit, r.method, r.formula or "", r.iou, r.length,
                         ";".join(r.categories or []), "" if r.detector is None else int(r.detector),
-                        c.get("unit", ""), c.get("formula", ""), c.get("intersection", ""), c.get("union", ""),
-                        m.get("activation_coverage", ""), m.get("detection_accuracy", ""),
+                        c.get("unit", ""), c.get("formula", ""), c.get("intersection", ""),
+                        c.get("union", ""), m.get("activation_coverage", ""), m.get("detection_accuracy", ""),
                         m.get("sample_coverage", ""), m.get("explanation_coverage", ""),
-                        p.get("formula", ""), p.get("iou", ""), "" if "recovered" not in p else int(p["recovered"])])
+                        p.get("formula", ""), p.get("iou", ""),
+                        "" if "recovered" not in p else int(p["recovered"])])

@@ -9,6 +9,7 @@ atomically after every batch, lets an interrupted run resume at the next batch.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,10 +18,15 @@ from ..errors import InputError
 from ..models import as_maps, hooked, resolve_layer
 from ._planted import planted_maps
 
+if TYPE_CHECKING:
+    from ..models import ModelSpec
+    from ..probe import Probe
+
 __all__ = ["extract"]
 
 
-def extract(spec, layers: list[str], probe, out_dir: str, *, batch_size: int = 64, progress: bool = True):
+def extract(spec: ModelSpec, layers: list[str], probe: Probe, out_dir: str, *, batch_size: int = 64,
+            progress: bool = True) -> dict[str, np.ndarray]:
     """Activations of ``layers`` over the whole probe, cached in ``out_dir/<layer>/acts.npy``.
 
     Returns {layer: read-only memmap [n_images, units, h, w]}. Planted units of
@@ -62,7 +68,8 @@ def extract(spec, layers: list[str], probe, out_dir: str, *, batch_size: int = 6
                 caches[name][s:e] = maps
             for name in layers:
                 caches[name].flush()
-                write_json(os.path.join(paths[name], "progress.json"), {"done": e, "shape": list(caches[name].shape)})
+                write_json(os.path.join(paths[name], "progress.json"),
+                           {"done": e, "shape": list(caches[name].shape)})
             bar.n = e
             bar.refresh()
     bar.close()

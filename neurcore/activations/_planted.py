@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import numpy as np
 
 from ..errors import InputError
 
+if TYPE_CHECKING:
+    from ..models import PlantedUnit
+
 __all__ = ["planted_maps"]
 
 
-def planted_maps(planted, concept_maps: np.ndarray, names: list[str], size: tuple[int, int], first_image: int,
-                 seed: int = 0):
+def planted_maps(planted: Sequence[PlantedUnit], concept_maps: np.ndarray, names: list[str],
+                 size: tuple[int, int], first_image: int, seed: int = 0) -> np.ndarray:
     """Activations [b, k, h, w] of planted units from exact concept maps [b, n_concepts, H, W].
 
     Each is its formula's mask, area-averaged to ``size``, times a strength
     drawn per image in [0.5, 1.5], plus Gaussian noise of the unit's ``noise``;
     both drawn from (seed, image index, unit), so a resumed run redraws them.
     A linear unit is its weighted sum of area-averaged concept maps plus the noise.
+    Returns float32 [b, len(planted), *size]; ``first_image`` is the probe index of the first map.
     """
     import torch
     import torch.nn.functional as F

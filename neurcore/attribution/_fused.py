@@ -1,9 +1,9 @@
 """One dispatch point for the fused integrated-gradients accumulation: CPU (``neurcore.engine._C``),
 CUDA (``neurcore.engine._cuda``) or Triton (``neurcore.attribution._triton``).
 
-Integrated gradients (Sundararajan et al. 2017, https://arxiv.org/abs/1703.01365) attributes
-``F(x) - F(x')`` to the inputs as ``(x - x') * integral_0^1 dF(x' + a (x - x'))/dx da``; with a
-quadrature over S steps the integral is ``sum_s weights[s] * grads[s]``. This kernel forms that
+Integrated gradients (Sundararajan, Taly, Yan, "Axiomatic Attribution for Deep Networks", ICML
+2017) attributes ``F(x) - F(x')`` to the inputs as ``(x - x') * integral_0^1 dF(x' + a (x - x'))/dx
+da``; with a quadrature over S steps the integral is ``sum_s weights[s] * grads[s]``. This kernel forms that
 sum, times ``delta = x - x'``, in one pass over the gradients, without materialising a
 gradient-sized product, and adds it to ``out`` so callers can loop over chunks of steps or
 examples.
@@ -12,9 +12,13 @@ examples.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from ..engine.backends import cpu_module, cuda_module
 from ..errors import BackendUnavailable, InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _check_tensor(name: str, x) -> None:
@@ -51,7 +55,8 @@ def _validate(grads, weights, delta, out, reduce_spatial) -> None:
             raise TypeError(f"ig_accumulate: {name} has dtype {x.dtype} but grads has {grads.dtype}; "
                             "all four tensors must share one dtype")
     if grads.dim() != 5:
-        raise InputError(f"ig_accumulate: grads must have shape [T, S, U, C, P] (5-d), got {tuple(grads.shape)}")
+        raise InputError(f"ig_accumulate: grads must have shape [T, S, U, C, P] (5-d), "
+                         f"got {tuple(grads.shape)}")
     T, S, U, C, P = grads.shape
     _check_shape("weights", weights, (S,), "[S]", grads)
     _check_shape("delta", delta, (U, C, P), "[U, C, P]", grads)
@@ -75,10 +80,12 @@ def _validate(grads, weights, delta, out, reduce_spatial) -> None:
             if x.numel():
                 a, b = _span(x)
                 if a < hi and lo < b:
-                    raise InputError(f"ig_accumulate: out overlaps {name} in memory; out must be a separate tensor")
+                    raise InputError(f"ig_accumulate: out overlaps {name} in memory; "
+                                     "out must be a separate tensor")
 
 
-def ig_accumulate(grads, weights, delta, out, *, reduce_spatial: bool, backend: str | None = None):
+def ig_accumulate(grads: torch.Tensor, weights: torch.Tensor, delta: torch.Tensor, out: torch.Tensor, *,
+                  reduce_spatial: bool, backend: str | None = None) -> torch.Tensor:
     """Add the integrated-gradients sum over steps to ``out``, in place, in one pass over ``grads``.
 
     Args:
@@ -88,8 +95,10 @@ def ig_accumulate(grads, weights, delta, out, *, reduce_spatial: bool, backend: 
         delta: ``[U, C, P]`` input minus baseline.
         out: ``[T, U, C]`` when ``reduce_spatial``, else ``[T, U, C, P]``; accumulated in place:
 
-            - ``reduce_spatial=True``: ``out[t,u,c] += sum_s weights[s] * sum_p delta[u,c,p] * grads[t,s,u,c,p]``
-            - ``reduce_spatial=False``: ``out[t,u,c,p] += delta[u,c,p] * sum_s weights[s] * grads[t,s,u,c,p]``
+            - ``reduce_spatial=True``:
+              ``out[t,u,c] += sum_s weights[s] * sum_p delta[u,c,p] * grads[t,s,u,c,p]``
+            - ``reduce_spatial=False``:
+              ``out[t,u,c,p] += delta[u,c,p] * sum_s weights[s] * grads[t,s,u,c,p]``
         reduce_spatial: keyword only, see ``out``.
         backend: None picks ``"cpu"`` for CPU tensors and ``"cuda"`` for CUDA tensors (an error if
             the CUDA module was not built, never a fallback); ``"triton"`` runs the Triton kernels
@@ -109,7 +118,8 @@ def ig_accumulate(grads, weights, delta, out, *, reduce_spatial: bool, backend: 
     device = grads.device
     if backend is None:
         if device.type not in ("cpu", "cuda"):
-            raise InputError(f"ig_accumulate: tensors on {device} are not supported; use a CPU or CUDA device")
+            raise InputError(f"ig_accumulate: tensors on {device} are not supported; "
+                             "use a CPU or CUDA device")
         backend = device.type
     if backend == "cpu":
         if device.type != "cpu":
@@ -123,9 +133,9 @@ def ig_accumulate(grads, weights, delta, out, *, reduce_spatial: bool, backend: 
         _cuda_run(grads, weights, delta, out, reduce_spatial)
     elif backend == "triton":
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise BackendUnavailable("ig_accumulate: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 "
-                                     "set before neurcore.attribution._triton is imported; otherwise use CUDA "
-                                     "tensors")
+            raise BackendUnavailable("ig_accumulate: backend 'triton' on CPU tensors needs "
+                                     "TRITON_INTERPRET=1 set before neurcore.attribution._triton is "
+                                     "imported; otherwise use CUDA tensors")
         from . import _triton
 
         _triton.ig_accumulate(grads.detach(), weights.detach(), delta.detach(), out.detach(), reduce_spatial)
@@ -141,5 +151,5 @@ def _cuda_run(grads, weights, delta, out, reduce_spatial: bool) -> None:
     T, S, U, C, P = grads.shape
     with torch.cuda.device(grads.device):
         stream = torch.cuda.current_stream(grads.device).cuda_stream
-        mod.ig_accumulate(grads.dtype == torch.float64, grads.data_ptr(), weights.data_ptr(), delta.data_ptr(),
-                          out.data_ptr(), T, S, U, C, P, reduce_spatial, stream)
+        mod.ig_accumulate(grads.dtype == torch.float64, grads.data_ptr(), weights.data_ptr(),
+                          delta.data_ptr(), out.data_ptr(), T, S, U, C, P, reduce_spatial, stream)

@@ -3,7 +3,7 @@ with the integral accumulated by the fused kernel (:func:`~neurcore.attribution.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
@@ -11,8 +11,18 @@ from ..errors import InputError
 from ..models import resolve_layer
 from ._fused import ig_accumulate
 
-__all__ = ["IntegratedGradients", "LayerIntegratedGradients", "NeuronIntegratedGradients", "quadrature", "METHODS",
-           "CHUNK_BYTES"]
+if TYPE_CHECKING:
+    import torch
+
+    #: One tensor, or a tuple of tensors that share dimension 0 (the examples).
+    TensorOrTuple = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+    #: Captum's baselines: None, a number or a tensor, or a tuple of those, one per input.
+    Baselines = Union[None, int, float, torch.Tensor, tuple[Union[int, float, torch.Tensor], ...]]
+    #: Captum's target: None, an output index (int or tuple), or one per example (list or tensor).
+    Target = Union[None, int, tuple[int, ...], torch.Tensor, list[int], list[tuple[int, ...]]]
+
+__all__ = ["IntegratedGradients", "LayerIntegratedGradients", "NeuronIntegratedGradients", "quadrature",
+           "METHODS", "CHUNK_BYTES"]
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 #: Default bound on one chunk's interpolated input (bytes); gradients take as much again.
@@ -27,7 +37,8 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     n = int(n_steps)
     if n < 1 or (method != "gausslegendre" and n < 2):
-        raise InputError(f"n_steps must be >= {1 if method == 'gausslegendre' else 2} for {method}, got {n_steps}")
+        least = 1 if method == "gausslegendre" else 2
+        raise InputError(f"n_steps must be >= {least} for {method}, got {n_steps}")
     if method == "gausslegendre":
         x, w = np.polynomial.legendre.leggauss(n)
         return 0.5 * (x + 1), 0.5 * w
@@ -107,7 +118,8 @@ def _expand_args(args, repeats: int):
     if args is None:
         return ()
     args, _ = _tuple(args)
-    return tuple(a.repeat(repeats, *([1] * (a.dim() - 1))) if isinstance(a, torch.Tensor) else a for a in args)
+    return tuple(a.repeat(repeats, *([1] * (a.dim() - 1))) if isinstance(a, torch.Tensor) else a
+                 for a in args)
 
 
 def _expand_target(target, repeats: int):
@@ -127,8 +139,8 @@ def _select(output, target):
     n = output.shape[0]
     if target is None:
         if output[0].numel() != 1:
-            raise InputError(f"target is needed: the forward function returns {tuple(output.shape[1:])} values "
-                             "per example")
+            raise InputError(f"target is needed: the forward function returns {tuple(output.shape[1:])} "
+                             "values per example")
         return output.reshape(n)
     if isinstance(target, torch.Tensor) and target.numel() == 1:
         target = int(target.item())
@@ -166,10 +178,12 @@ def _integrate(points, bases, grads_at, n_steps, method, steps_per_chunk, backen
     alphas, weights = quadrature(method, n_steps)
     n = points[0].shape[0]
     deltas = [(p - b).detach().contiguous() for p, b in zip(points, bases)]
-    outs = [torch.zeros((1, n, 1, max(1, d[0].numel()) if n else 1), dtype=d.dtype, device=d.device) for d in deltas]
+    outs = [torch.zeros((1, n, 1, max(1, d[0].numel()) if n else 1), dtype=d.dtype, device=d.device)
+            for d in deltas]
     for s0 in range(0, n_steps, steps_per_chunk):
         a = alphas[s0 : s0 + steps_per_chunk]
-        scaled = tuple(torch.cat([b + float(al) * d for al in a]).requires_grad_() for b, d in zip(bases, deltas))
+        scaled = tuple(torch.cat([b + float(al) * d for al in a]).requires_grad_()
+                       for b, d in zip(bases, deltas))
         grads = grads_at(scaled, len(a))
         for g, d, o in zip(grads, deltas, outs):
             if g is None:
@@ -192,6 +206,8 @@ def _delta(forward, inputs, bases, target, args, attributions):
 
 
 class _Base:
+    """What every variant holds: the function, the kernel backend and the bound on one chunk."""
+
     def __init__(self, forward_func: Callable, *, backend: str | None = None, chunk_bytes: int = CHUNK_BYTES):
         self.forward_func = forward_func
         self.backend = backend
@@ -201,19 +217,67 @@ class _Base:
 class IntegratedGradients(_Base):
     """Captum's ``IntegratedGradients(forward_func)``: attributions of the inputs for a target output.
 
-    ``attribute`` returns a tensor (or tuple, like ``inputs``) of the inputs' shapes, and with
-    ``return_convergence_delta`` also float64 [N] deltas. ``backend``: None picks the CPU or CUDA
-    kernel by device; "triton" asks for the Triton one.
+    Integrated gradients (Sundararajan, Taly, Yan, "Axiomatic Attribution for Deep Networks", ICML
+    2017) attribute ``F(x) - F(x')`` to the input features as
+    ``(x - x') * integral_0^1 dF(x' + a (x - x')) / dx da``, the integral taken by a quadrature of
+    ``n_steps`` points. The quadratures, target semantics and convergence delta are Captum's; the
+    gradients of a chunk of steps at a time are folded into the result by the fused kernel
+    (:func:`~neurcore.attribution.ig_accumulate`), so memory is bounded by the chunk.
+
+    Args:
+        forward_func: the model, or any callable taking the input tensors (then the additional
+            forward arguments) and returning a tensor whose dimension 0 is the examples.
+        backend: the kernel, see :func:`~neurcore.attribution.ig_accumulate`: None picks the CPU or
+            CUDA kernel by the tensors' device; ``"triton"`` asks for the Triton one.
+        chunk_bytes: bound on one chunk's interpolated inputs, in bytes, when ``internal_batch_size``
+            is not given (the gradients take as much again).
     """
 
-    def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps: int = 50,
-                  method: str = "gausslegendre", internal_batch_size: int | None = None,
-                  return_convergence_delta: bool = False):
-        import torch
+    def attribute(self, inputs: TensorOrTuple, baselines: Baselines = None, target: Target = None,
+                  additional_forward_args: Any = None, n_steps: int = 50, method: str = "gausslegendre",
+                  internal_batch_size: int | None = None, return_convergence_delta: bool = False
+                  ) -> TensorOrTuple | tuple[TensorOrTuple, torch.Tensor]:
+        """Integrated gradients of ``forward_func``'s ``target`` output with respect to ``inputs``.
 
+        Args:
+            inputs: a float tensor [N, ...], or a tuple of them when ``forward_func`` takes several;
+                dimension 0 holds the N examples in every input.
+            baselines: the reference point x' of each input: None (zeros), a number, or a tensor
+                broadcastable to the input's shape; a tuple of those, one per input, when ``inputs``
+                is a tuple.
+            target: which output is explained, one scalar per example: None (``forward_func``
+                returns one value per example), an int or a tuple indexing the output without its
+                batch dimension (the same for every example), or a list or tensor of N such indices
+                (one per example).
+            additional_forward_args: passed to ``forward_func`` after the inputs (a value or a
+                tuple); tensors among them are repeated along dimension 0 with the steps.
+            n_steps: points of the quadrature (at least 2 for the Riemann rules).
+            method: the quadrature, one of :data:`~neurcore.attribution.METHODS`
+                (``"gausslegendre"``, ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"``,
+                ``"riemann_trapezoid"``); see :func:`~neurcore.attribution.quadrature`.
+            internal_batch_size: examples per forward pass (steps x N), as in Captum; None bounds a
+                chunk of steps by ``chunk_bytes`` instead.
+            return_convergence_delta: also return Captum's convergence delta.
+
+        Returns:
+            The attributions, a tensor (or tuple of tensors, like ``inputs``) of the inputs' shapes
+            and dtypes; with ``return_convergence_delta``, the pair (attributions, delta), delta
+            float64 [N]: the sum of each example's attributions minus
+            ``F(input) - F(baseline)`` at the target (near 0 when the quadrature is accurate).
+        """
         inputs_t, is_tuple, bases = _prepare(inputs, baselines, method, n_steps)
         steps = _steps_per_chunk(n_steps, inputs_t[0].shape[0], _row_bytes(inputs_t), internal_batch_size,
                                  self.chunk_bytes)
+        grads_at = self._input_gradients(target, additional_forward_args)
+        attr = _integrate(inputs_t, bases, grads_at, n_steps, method, steps, self.backend)
+        result = attr if is_tuple else attr[0]
+        if return_convergence_delta:
+            return result, _delta(self.forward_func, inputs_t, bases, target, additional_forward_args, attr)
+        return result
+
+    def _input_gradients(self, target, additional_forward_args) -> Callable:
+        """grads_at(scaled, k) for :func:`_integrate`: gradients of the target outputs at k steps."""
+        import torch
 
         def grads_at(scaled, k):
             with torch.enable_grad():
@@ -221,11 +285,7 @@ class IntegratedGradients(_Base):
                               _expand_target(target, k))
                 return torch.autograd.grad(out.sum(), scaled, allow_unused=True)
 
-        attr = _integrate(inputs_t, bases, grads_at, n_steps, method, steps, self.backend)
-        result = attr if is_tuple else attr[0]
-        if return_convergence_delta:
-            return result, _delta(self.forward_func, inputs_t, bases, target, additional_forward_args, attr)
-        return result
+        return grads_at
 
 
 def _layer_module(forward_func, layer):
@@ -260,16 +320,50 @@ def _layer_output(layer, fn):
 
 
 class LayerIntegratedGradients(_Base):
-    """Captum's ``LayerIntegratedGradients(forward_func, layer)``: attributions of ``layer``'s
-    output, integrated from its value at the baselines to its value at the inputs."""
+    """Captum's ``LayerIntegratedGradients(forward_func, layer)``: attributions of ``layer``'s output.
 
-    def __init__(self, forward_func: Callable, layer, *, backend: str | None = None, chunk_bytes: int = CHUNK_BYTES):
+    The layer's output is integrated from its value at the baselines to its value at the inputs
+    (Sundararajan, Taly, Yan, "Axiomatic Attribution for Deep Networks", ICML 2017): during the
+    integration a forward hook replaces the layer's output by the interpolated one, so the
+    attributions explain the target through that layer.
+
+    Args:
+        forward_func: the model, or a callable taking the inputs (then the additional forward
+            arguments) and returning a tensor whose dimension 0 is the examples.
+        layer: a ``torch.nn.Module`` that ``forward_func`` calls once per forward pass, with one
+            tensor output, or its dotted name when ``forward_func`` is a module.
+        backend, chunk_bytes: as for :class:`IntegratedGradients`.
+    """
+
+    def __init__(self, forward_func: Callable, layer: torch.nn.Module | str, *, backend: str | None = None,
+                 chunk_bytes: int = CHUNK_BYTES):
         super().__init__(forward_func, backend=backend, chunk_bytes=chunk_bytes)
         self.layer = _layer_module(forward_func, layer)
 
-    def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps: int = 50,
-                  method: str = "gausslegendre", internal_batch_size: int | None = None,
-                  return_convergence_delta: bool = False):
+    def attribute(self, inputs: TensorOrTuple, baselines: Baselines = None, target: Target = None,
+                  additional_forward_args: Any = None, n_steps: int = 50, method: str = "gausslegendre",
+                  internal_batch_size: int | None = None,
+                  return_convergence_delta: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Integrated gradients of the ``target`` output with respect to ``layer``'s output.
+
+        Args:
+            inputs: a float tensor [N, ...], or a tuple of them; dimension 0 holds the N examples.
+            baselines: the inputs' reference points, as for :meth:`IntegratedGradients.attribute`;
+                the layer's output at them is the start of the path.
+            target: which output is explained, as for :meth:`IntegratedGradients.attribute`.
+            additional_forward_args: passed to ``forward_func`` after the inputs; tensors among
+                them are repeated along dimension 0 with the steps.
+            n_steps, method: the quadrature (see :func:`~neurcore.attribution.quadrature`).
+            internal_batch_size: examples per forward pass (steps x N); None bounds a chunk of
+                steps by ``chunk_bytes``.
+            return_convergence_delta: also return Captum's convergence delta.
+
+        Returns:
+            The attributions, a tensor of the layer output's shape [N, ...] and dtype (one tensor,
+            also when ``inputs`` is a tuple); with ``return_convergence_delta``, the pair
+            (attributions, delta), delta float64 [N]: the sum of each example's attributions minus
+            ``F(input) - F(baseline)`` at the target.
+        """
         import torch
 
         inputs_t, _, bases = _prepare(inputs, baselines, method, n_steps)
@@ -279,6 +373,16 @@ class LayerIntegratedGradients(_Base):
             at_base = _layer_output(self.layer, lambda: self.forward_func(*bases, *args)).detach()
         steps = _steps_per_chunk(n_steps, inputs_t[0].shape[0], _row_bytes((at_input, *inputs_t)),
                                  internal_batch_size, self.chunk_bytes)
+        grads_at = self._layer_gradients(inputs_t, target, additional_forward_args)
+        (attr,) = _integrate((at_input,), (at_base,), grads_at, n_steps, method, steps, self.backend)
+        if return_convergence_delta:
+            return attr, _delta(self.forward_func, inputs_t, bases, target, additional_forward_args, (attr,))
+        return attr
+
+    def _layer_gradients(self, inputs_t, target, additional_forward_args) -> Callable:
+        """grads_at(scaled, k) for :func:`_integrate`: the inputs run k times with the layer's output
+        replaced by the k interpolated ones; gradients of the target outputs with respect to them."""
+        import torch
 
         def grads_at(scaled, k):
             (acts,) = scaled
@@ -292,28 +396,57 @@ class LayerIntegratedGradients(_Base):
             finally:
                 handle.remove()
 
-        (attr,) = _integrate((at_input,), (at_base,), grads_at, n_steps, method, steps, self.backend)
-        if return_convergence_delta:
-            return attr, _delta(self.forward_func, inputs_t, bases, target, additional_forward_args, (attr,))
-        return attr
+        return grads_at
 
 
 class NeuronIntegratedGradients(_Base):
     """Captum's ``NeuronIntegratedGradients(forward_func, layer)``: attributions of the inputs for one
-    neuron of ``layer``, picked by ``neuron_selector`` (an int or tuple indexing the layer's output
-    without the batch dimension, or a callable from that output to [N] values)."""
+    neuron of ``layer`` (Sundararajan, Taly, Yan, "Axiomatic Attribution for Deep Networks", ICML 2017).
 
-    def __init__(self, forward_func: Callable, layer, *, backend: str | None = None, chunk_bytes: int = CHUNK_BYTES):
+    Args:
+        forward_func: the model, or a callable taking the inputs (then the additional forward
+            arguments).
+        layer: a ``torch.nn.Module`` that ``forward_func`` calls, with one tensor output, or its
+            dotted name when ``forward_func`` is a module.
+        backend, chunk_bytes: as for :class:`IntegratedGradients`.
+    """
+
+    def __init__(self, forward_func: Callable, layer: torch.nn.Module | str, *, backend: str | None = None,
+                 chunk_bytes: int = CHUNK_BYTES):
         super().__init__(forward_func, backend=backend, chunk_bytes=chunk_bytes)
         self.layer = _layer_module(forward_func, layer)
 
-    def attribute(self, inputs, neuron_selector, baselines=None, additional_forward_args=None, n_steps: int = 50,
-                  method: str = "gausslegendre", internal_batch_size: int | None = None):
-        import torch
+    def attribute(self, inputs: TensorOrTuple,
+                  neuron_selector: int | tuple[int, ...] | Callable[[torch.Tensor], torch.Tensor],
+                  baselines: Baselines = None, additional_forward_args: Any = None, n_steps: int = 50,
+                  method: str = "gausslegendre", internal_batch_size: int | None = None) -> TensorOrTuple:
+        """Integrated gradients of one neuron of ``layer`` with respect to ``inputs``.
 
+        Args:
+            inputs: a float tensor [N, ...], or a tuple of them; dimension 0 holds the N examples.
+            neuron_selector: the neuron, an int or a tuple indexing the layer's output without its
+                batch dimension, or a callable from the layer's output [N, ...] to N values.
+            baselines: the inputs' reference points, as for :meth:`IntegratedGradients.attribute`.
+            additional_forward_args: passed to ``forward_func`` after the inputs; tensors among
+                them are repeated along dimension 0 with the steps.
+            n_steps, method: the quadrature (see :func:`~neurcore.attribution.quadrature`).
+            internal_batch_size: examples per forward pass (steps x N); None bounds a chunk of
+                steps by ``chunk_bytes``.
+
+        Returns:
+            The attributions, a tensor (or tuple of tensors, like ``inputs``) of the inputs' shapes
+            and dtypes. There is no convergence delta (as in Captum).
+        """
         inputs_t, is_tuple, bases = _prepare(inputs, baselines, method, n_steps)
         steps = _steps_per_chunk(n_steps, inputs_t[0].shape[0], _row_bytes(inputs_t), internal_batch_size,
                                  self.chunk_bytes)
+        grads_at = self._neuron_gradients(neuron_selector, additional_forward_args)
+        attr = _integrate(inputs_t, bases, grads_at, n_steps, method, steps, self.backend)
+        return attr if is_tuple else attr[0]
+
+    def _neuron_gradients(self, neuron_selector, additional_forward_args) -> Callable:
+        """grads_at(scaled, k) for :func:`_integrate`: gradients of the selected neuron at k steps."""
+        import torch
 
         def neuron(out):
             if callable(neuron_selector):
@@ -327,5 +460,4 @@ class NeuronIntegratedGradients(_Base):
                     *scaled, *_expand_args(additional_forward_args, k)))
                 return torch.autograd.grad(neuron(out).sum(), scaled, allow_unused=True)
 
-        attr = _integrate(inputs_t, bases, grads_at, n_steps, method, steps, self.backend)
-        return attr if is_tuple else attr[0]
+        return grads_at

@@ -4,10 +4,14 @@ few output channels (which removes most of the backward pass's work in NeurFlow'
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import InputError
 from ..models import resolve_layer
+
+if TYPE_CHECKING:
+    import torch
+    import torch.fx
 
 __all__ = ["layer_function", "restrict_output"]
 
@@ -21,7 +25,7 @@ def _resolve_name(model, layer) -> str | None:
     return layer
 
 
-def layer_function(model, lower: str, upper: str | None = None):
+def layer_function(model: torch.nn.Module, lower: str, upper: str | None = None) -> torch.fx.GraphModule:
     """The part of ``model`` from the output of ``lower`` to the output of ``upper`` (None: the
     model's output), as a ``torch.fx.GraphModule`` taking ``lower``'s output.
 
@@ -88,8 +92,8 @@ def layer_function(model, lower: str, upper: str | None = None):
     return module
 
 
-_CHANNELWISE = ("ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh", "ELU", "Hardswish", "Identity",
-                "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "Dropout2d")
+_CHANNELWISE = ("ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh", "ELU", "Hardswish",
+                "Identity", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "Dropout2d")
 
 
 def _is_residual_block(module) -> bool:
@@ -130,7 +134,8 @@ def _restricted_residual(block, idx):
     downsample = None if block.downsample is None else _restricted_module(block.downsample, idx)
     if head is None or (block.downsample is not None and downsample is None):
         return None
-    body = [nn.Sequential(getattr(block, f"conv{k}"), getattr(block, f"bn{k}"), block.relu) for k in range(1, last)]
+    body = [nn.Sequential(getattr(block, f"conv{k}"), getattr(block, f"bn{k}"), block.relu)
+            for k in range(1, last)]
     return _residual_class()(body, head, downsample, block.relu, idx).eval()
 
 
@@ -149,8 +154,9 @@ def _restricted_module(module, channels):
     if isinstance(module, nn.Linear):
         return rows_of(nn.Linear(module.in_features, len(idx), bias=module.bias is not None))
     if isinstance(module, nn.Conv2d) and module.groups == 1:
-        return rows_of(nn.Conv2d(module.in_channels, len(idx), module.kernel_size, module.stride, module.padding,
-                                 module.dilation, 1, module.bias is not None, module.padding_mode))
+        return rows_of(nn.Conv2d(module.in_channels, len(idx), module.kernel_size, module.stride,
+                                 module.padding, module.dilation, 1, module.bias is not None,
+                                 module.padding_mode))
     if _is_residual_block(module):
         return _restricted_residual(module, idx)
     if isinstance(module, nn.Sequential) and len(module) > 0:
@@ -177,7 +183,7 @@ def _restricted_module(module, channels):
     return None
 
 
-def restrict_output(net, channels: Sequence[int]):
+def restrict_output(net: torch.nn.Module, channels: Sequence[int]) -> torch.fx.GraphModule | None:
     """A copy of ``net`` (from :func:`layer_function`) whose output holds only ``channels`` (dim 1),
     in that order, computing only those channels of its last convolution or linear layer (or of the
     last convolution and the identity path of a torchvision ResNet block); None when the graph does

@@ -1,4 +1,5 @@
-"""Triton kernels for the fused integrated-gradients accumulation (:func:`neurcore.attribution.ig_accumulate`).
+"""Triton kernels for the fused integrated-gradients accumulation
+(:func:`neurcore.attribution.ig_accumulate`).
 
 They run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (set it before this
 module is imported). Sums are kept in the input precision (float32 or float64). Imported lazily

@@ -5,8 +5,9 @@
   (:class:`~neurcore.attribution.LayerToLayerIntegratedGradients`), semantic groups, neuron groups,
   the concept circuit (:class:`NeurFlow`), the group metric and fidelity (:func:`fidelity`).
 - NeuCEPT (Vu, Nguyen, Thai, "NeuCEPT: Locally Discover Neural Networks' Mechanism via Critical
-  Neurons Identification with Precision Guarantee", ICDM 2022, arXiv:2209.08448): critical neurons by model-X knockoffs at a target false
-  discovery rate (:func:`critical_neurons`) and the mechanisms they reveal (:func:`mechanisms`).
+  Neurons Identification with Precision Guarantee", ICDM 2022, arXiv:2209.08448): critical neurons by
+  model-X knockoffs at a target false discovery rate (:func:`critical_neurons`) and the mechanisms they
+  reveal (:func:`mechanisms`).
 """
 
 from ._fidelity import (

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -105,7 +106,8 @@ def _matrix(X, name: str = "X") -> np.ndarray:
     X = X.astype(np.float64, copy=False)
     if not np.isfinite(X).all():
         bad = np.argwhere(~np.isfinite(X))[0]
-        raise InputError(f"{name} (shape {X.shape}) has NaN or inf values, first at {tuple(int(i) for i in bad)}")
+        raise InputError(f"{name} (shape {X.shape}) has NaN or inf values, "
+                         f"first at {tuple(int(i) for i in bad)}")
     return X
 
 
@@ -117,7 +119,8 @@ def _vector(y, n: int, name: str = "y") -> np.ndarray:
         raise InputError(f"{name} must be numeric, got dtype {y.dtype} (shape {y.shape})")
     y = y.astype(np.float64, copy=False)
     if not np.isfinite(y).all():
-        raise InputError(f"{name} (shape {y.shape}) has NaN or inf values, first at {int(np.argmin(np.isfinite(y)))}")
+        raise InputError(f"{name} (shape {y.shape}) has NaN or inf values, "
+                         f"first at {int(np.argmin(np.isfinite(y)))}")
     return y
 
 
@@ -171,9 +174,91 @@ def _s_matrix(sigma: np.ndarray, method: str) -> np.ndarray:
     return S
 
 
+def _check_arguments(X, y, fdr, n_runs, min_frequency, statistic, sampler, knockoff_method, seed,
+                     max_samples) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """(X float64 [n, c], y float64 [n], n_runs, seed, rows per run) after checking every argument of
+    :func:`critical_neurons`, in the order of its signature, then the data's size and spread."""
+    X = _matrix(X)
+    n = X.shape[0]
+    y = _vector(y, n)
+    if isinstance(fdr, bool) or not isinstance(fdr, (int, float, np.floating)) or not 0 < fdr < 1:
+        raise InputError(f"fdr must be a number in (0, 1), got {fdr!r}")
+    n_runs = _integer(n_runs, "n_runs", 1)
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, (int, float, np.floating)) or not (
+        0 < min_frequency <= 1
+    ):
+        raise InputError(f"min_frequency must be a number in (0, 1], got {min_frequency!r}")
+    _choice(statistic, "statistic", STATISTICS)
+    _choice(sampler, "sampler", SAMPLERS)
+    _choice(knockoff_method, "knockoff_method", KNOCKOFF_METHODS)
+    seed = _integer(seed, "seed", 0)
+    rows_per_run = n if max_samples is None else min(n, _integer(max_samples, "max_samples", MIN_SAMPLES))
+    if n < MIN_SAMPLES:
+        raise InputError(f"X has {n} samples (shape {X.shape}); knockoffs need at least {MIN_SAMPLES}")
+    if np.ptp(y) == 0:
+        raise InputError(f"y (shape {y.shape}) is constant: no neuron can explain it")
+    return X, y, n_runs, seed, rows_per_run
+
+
+def _warn_few_samples(rows_per_run: int, n_kept: int) -> None:
+    """Warn, at the caller of :func:`critical_neurons`, that FDR control is only approximate."""
+    if rows_per_run < 2 * n_kept:
+        warnings.warn(
+            f"critical_neurons: {rows_per_run} samples per run for {n_kept} non-constant neurons "
+            "(fewer than 2 per neuron): the covariance is a Ledoit-Wolf shrinkage estimate and FDR "
+            "control is only approximate; use more samples for the guarantee",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _standardised(Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """z-scores of the columns of Z and of y, over all rows."""
+    return (Z - Z.mean(axis=0)) / Z.std(axis=0), (y - y.mean()) / y.std()
+
+
+def _knockoff_model(Z: np.ndarray, knockoff_method: str, setup: np.random.SeedSequence):
+    """(sigma, S): the Ledoit-Wolf covariance [p, p] of Z's columns and the knockoff S-matrix [p, p],
+    computed once and shared by the runs."""
+    from knockpy import utilities
+
+    # The S-matrix solvers may draw from numpy's global random state.
+    with _numpy_global_seed(int(setup.generate_state(1)[0])), _knockpy_hints_silenced():
+        sigma, _ = utilities.estimate_covariance(Z, tol=1e-2, shrinkage="ledoitwolf")
+        S = _s_matrix(sigma, knockoff_method)
+    return sigma, S
+
+
+def _knockoff_run(Z, t, sigma, S, child: np.random.SeedSequence, rows_per_run: int, *, fdr, statistic: str,
+                  sampler: str, knockoff_plus: bool) -> np.ndarray:
+    """One run: fresh knockoffs (and rows, when ``rows_per_run`` is below Z's), the statistic W, and the
+    knockoff(+) threshold; the indices (columns of Z) of the selected neurons, ascending."""
+    from knockpy import knockoff_stats
+    from knockpy.knockoff_filter import KnockoffFilter
+
+    n, p = Z.shape
+    fstat_kwargs = {"y_dist": "gaussian"} if statistic in ("lasso", "lsm") else {}
+    run_seed, rows_seed = child.generate_state(2)
+    rows = np.arange(n)
+    if rows_per_run < n:
+        rows = np.sort(np.random.default_rng(rows_seed).choice(n, rows_per_run, replace=False))
+    with _numpy_global_seed(int(run_seed)), _knockpy_hints_silenced():
+        kfilter = KnockoffFilter(fstat=statistic, ksampler=sampler, knockoff_kwargs={"S": S})
+        kfilter.forward(X=Z[rows], y=t[rows], mu=np.zeros(p), Sigma=sigma, fdr=fdr, fstat_kwargs=fstat_kwargs)
+    W = np.asarray(kfilter.W, np.float64)
+    threshold = knockoff_stats.data_dependent_threshhold(W, fdr=fdr, offset=1 if knockoff_plus else 0)
+    return np.flatnonzero((W >= threshold) & (W > 0))
+
+
+def _selected(frequency: np.ndarray, min_frequency: float) -> np.ndarray:
+    """int: the neurons selected at least ``min_frequency`` of the time, by frequency desc then index."""
+    order = np.lexsort((np.arange(len(frequency)), -frequency))
+    return order[frequency[order] >= min_frequency].astype(np.int64)
+
+
 def critical_neurons(
-    X,
-    y,
+    X: np.ndarray,
+    y: np.ndarray,
     *,
     fdr: float = 0.1,
     n_runs: int = 10,
@@ -187,6 +272,8 @@ def critical_neurons(
 ) -> CriticalNeurons:
     """Critical neurons of a layer for a class logit: model-X knockoffs at target FDR ``fdr``, repeated.
 
+    NeuCEPT's critical-neuron step (Vu, Nguyen, Thai, "NeuCEPT: Locally Discover Neural Networks'
+    Mechanism via Critical Neurons Identification with Precision Guarantee", arXiv:2209.08448).
     X: float [n_samples, n_neurons], a layer's activations; y: float [n_samples], the class logit.
     fdr: target false discovery rate of each run, in (0, 1). n_runs: knockoff runs, each with its
     own knockoffs (seeded from ``seed``) and, if ``max_samples`` is set and smaller than n_samples,
@@ -199,97 +286,58 @@ def critical_neurons(
     or at least 1/fdr neurons), False for the plain knockoff threshold (modified FDR).
     See the module docstring for how constant neurons, rank-deficient covariances and few
     samples are handled. Warns (UserWarning) when there are fewer than 2 samples per neuron.
-    """
-    X = _matrix(X)
-    n, c = X.shape
-    y = _vector(y, n)
-    if isinstance(fdr, bool) or not isinstance(fdr, (int, float, np.floating)) or not 0 < fdr < 1:
-        raise InputError(f"fdr must be a number in (0, 1), got {fdr!r}")
-    n_runs = _integer(n_runs, "n_runs", 1)
-    if isinstance(min_frequency, bool) or not isinstance(min_frequency, (int, float, np.floating)) or not (
-        0 < min_frequency <= 1
-    ):
-        raise InputError(f"min_frequency must be a number in (0, 1], got {min_frequency!r}")
-    statistic = _choice(statistic, "statistic", STATISTICS)
-    sampler = _choice(sampler, "sampler", SAMPLERS)
-    knockoff_method = _choice(knockoff_method, "knockoff_method", KNOCKOFF_METHODS)
-    seed = _integer(seed, "seed", 0)
-    rows_per_run = n if max_samples is None else min(n, _integer(max_samples, "max_samples", MIN_SAMPLES))
-    if n < MIN_SAMPLES:
-        raise InputError(f"X has {n} samples (shape {X.shape}); knockoffs need at least {MIN_SAMPLES}")
-    if np.ptp(y) == 0:
-        raise InputError(f"y (shape {y.shape}) is constant: no neuron can explain it")
 
+    Returns a :class:`CriticalNeurons`: each neuron's selection frequency over the runs, the
+    neurons selected, and each run's selection.
+    """
+    X, y, n_runs, seed, rows_per_run = _check_arguments(X, y, fdr, n_runs, min_frequency, statistic, sampler,
+                                                        knockoff_method, seed, max_samples)
+    c = X.shape[1]
     spread = np.ptp(X, axis=0)
     constant, kept = np.flatnonzero(spread == 0), np.flatnonzero(spread > 0)
-    result = {"fdr": float(fdr), "statistic": statistic, "sampler": sampler, "n_runs": n_runs,
-              "min_frequency": float(min_frequency), "knockoff_method": knockoff_method,
-              "knockoff_plus": bool(knockoff_plus), "constant": constant}
+    settings = {"fdr": float(fdr), "statistic": statistic, "sampler": sampler, "n_runs": n_runs,
+                "min_frequency": float(min_frequency), "knockoff_method": knockoff_method,
+                "knockoff_plus": bool(knockoff_plus), "constant": constant}
     if len(kept) == 0:
         runs = [np.zeros(0, np.int64) for _ in range(n_runs)]
-        return CriticalNeurons(frequency=np.zeros(c), selected=np.zeros(0, np.int64), runs=runs, **result)
-    if rows_per_run < 2 * len(kept):
-        warnings.warn(
-            f"critical_neurons: {rows_per_run} samples per run for {len(kept)} non-constant neurons "
-            "(fewer than 2 per neuron): the covariance is a Ledoit-Wolf shrinkage estimate and FDR "
-            "control is only approximate; use more samples for the guarantee",
-            UserWarning,
-            stacklevel=2,
-        )
+        return CriticalNeurons(frequency=np.zeros(c), selected=np.zeros(0, np.int64), runs=runs, **settings)
+    _warn_few_samples(rows_per_run, len(kept))
 
-    from knockpy import knockoff_stats, utilities
-    from knockpy.knockoff_filter import KnockoffFilter
-
-    Z = X[:, kept]
-    Z = (Z - Z.mean(axis=0)) / Z.std(axis=0)
-    t = (y - y.mean()) / y.std()
-    p = Z.shape[1]
+    Z, t = _standardised(X[:, kept], y)
     setup, *children = np.random.SeedSequence(seed).spawn(n_runs + 1)
-    with _numpy_global_seed(int(setup.generate_state(1)[0])), _knockpy_hints_silenced():  # S solvers may draw at random
-        sigma, _ = utilities.estimate_covariance(Z, tol=1e-2, shrinkage="ledoitwolf")
-        S = _s_matrix(sigma, knockoff_method)
-    fstat_kwargs = {"y_dist": "gaussian"} if statistic in ("lasso", "lsm") else {}
-    offset = 1 if knockoff_plus else 0
-
+    sigma, S = _knockoff_model(Z, knockoff_method, setup)
     runs = []
     counts = np.zeros(c)
     for child in children:
-        run_seed, rows_seed = child.generate_state(2)
-        rows = np.arange(n)
-        if rows_per_run < n:
-            rows = np.sort(np.random.default_rng(rows_seed).choice(n, rows_per_run, replace=False))
-        with _numpy_global_seed(int(run_seed)), _knockpy_hints_silenced():
-            kfilter = KnockoffFilter(fstat=statistic, ksampler=sampler, knockoff_kwargs={"S": S})
-            kfilter.forward(X=Z[rows], y=t[rows], mu=np.zeros(p), Sigma=sigma, fdr=fdr, fstat_kwargs=fstat_kwargs)
-        W = np.asarray(kfilter.W, np.float64)
-        threshold = knockoff_stats.data_dependent_threshhold(W, fdr=fdr, offset=offset)
-        chosen = kept[np.flatnonzero((W >= threshold) & (W > 0))]
+        chosen = kept[_knockoff_run(Z, t, sigma, S, child, rows_per_run, fdr=fdr, statistic=statistic,
+                                    sampler=sampler, knockoff_plus=knockoff_plus)]
         runs.append(chosen.astype(np.int64))
         counts[chosen] += 1
-
     frequency = counts / n_runs
-    order = np.lexsort((np.arange(c), -frequency))
-    selected = order[frequency[order] >= min_frequency].astype(np.int64)
-    return CriticalNeurons(frequency=frequency, selected=selected, runs=runs, **result)
+    return CriticalNeurons(frequency=frequency, selected=_selected(frequency, min_frequency), runs=runs,
+                           **settings)
 
 
 # ------------------------------------------------------------------ mechanisms
-def mechanisms(X, neurons, *, k: int | None = None, method: str = "kmeans", max_k: int = 30,
-               seed: int = 0) -> Mechanisms:
+def mechanisms(X: np.ndarray, neurons: Sequence[int] | np.ndarray, *, k: int | None = None,
+               method: str = "kmeans", max_k: int = 30, seed: int = 0) -> Mechanisms:
     """Mechanisms: the samples of X [n_samples, n_neurons] clustered by the raw activations of
     ``neurons`` (int [m], e.g. ``critical_neurons(...).selected``), as in the anchor.
 
     method: "kmeans" (10 inits), "gmm" (full covariances) or "agglomerative" (Ward), scikit-learn,
     ``random_state=seed``. k: the number of mechanisms; None picks the k in 2..min(max_k,
-    n_samples - 1) with the best silhouette score (on at most :data:`neurcore.clustering.SILHOUETTE_SAMPLES` samples).
+    n_samples - 1) with the best silhouette score (on at most
+    :data:`neurcore.clustering.SILHOUETTE_SAMPLES` samples).
     """
     X = _matrix(X)
     n, c = X.shape
     idx = np.asarray(neurons)
     if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-        raise InputError(f"neurons must be a non-empty 1-D integer array, got shape {idx.shape} dtype {idx.dtype}")
+        raise InputError(f"neurons must be a non-empty 1-D integer array, got shape {idx.shape} "
+                         f"dtype {idx.dtype}")
     if idx.min() < 0 or idx.max() >= c:
-        raise InputError(f"neurons must index X's {c} columns (X shape {X.shape}); got values {idx.min()}..{idx.max()}")
+        raise InputError(f"neurons must index X's {c} columns (X shape {X.shape}); "
+                         f"got values {idx.min()}..{idx.max()}")
     method = _choice(method, "method", CLUSTER_METHODS)
     seed = _integer(seed, "seed", 0)
     Z = X[:, idx]
@@ -298,25 +346,28 @@ def mechanisms(X, neurons, *, k: int | None = None, method: str = "kmeans", max_
         max_k = _integer(max_k, "max_k", 2)
         ks = np.arange(2, min(max_k, n - 1) + 1)
         if len(ks) == 0:
-            raise InputError(f"X has {n} samples (shape {X.shape}); choosing k by silhouette needs at least 3")
+            raise InputError(f"X has {n} samples (shape {X.shape}); "
+                             "choosing k by silhouette needs at least 3")
         k, labels, centers, silhouette = cluster_by_silhouette(Z, ks, method, seed)
     else:
         k = _integer(k, "k", 1)
         if k > n:
             raise InputError(f"k={k} exceeds the {n} samples of X (shape {X.shape})")
         labels, centers = cluster(Z, k, method, seed)
-    return Mechanisms(labels=labels, k=k, centers=np.asarray(centers, np.float64), neurons=idx.astype(np.int64),
-                      method=method, silhouette=silhouette, ks=ks)
+    return Mechanisms(labels=labels, k=k, centers=np.asarray(centers, np.float64),
+                      neurons=idx.astype(np.int64), method=method, silhouette=silhouette, ks=ks)
 
 
-def label_entropy(labels, fine_labels, *, weighted: bool = True) -> float:
+def label_entropy(labels: Sequence[int] | np.ndarray, fine_labels: Sequence | np.ndarray, *,
+                  weighted: bool = True) -> float:
     """Entropy (bits) of ``fine_labels`` [n] within each mechanism of ``labels`` [n], averaged over
     mechanisms weighted by their size (the paper's evaluation: low means each mechanism holds one
     fine-grained class). ``weighted=False`` gives the anchor's plain mean over mechanisms."""
     labels, fine = np.asarray(labels), np.asarray(fine_labels)
     if labels.ndim != 1 or fine.shape != labels.shape or labels.size == 0:
         raise InputError(
-            f"labels and fine_labels must be non-empty 1-D arrays of one length, got shapes {labels.shape} and {fine.shape}"
+            "labels and fine_labels must be non-empty 1-D arrays of one length, "
+            f"got shapes {labels.shape} and {fine.shape}"
         )
     _, cluster = np.unique(labels, return_inverse=True)
     _, fine = np.unique(fine, return_inverse=True)

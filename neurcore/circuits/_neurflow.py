@@ -1,6 +1,6 @@
 """NeurFlow ("NeurFlow: Interpreting Neural Networks through Neuron Groups and Functional
-Interactions", ICLR 2025; anchor repo tue147/neurflow): core concept neurons, semantic groups, neuron groups and the
-concept circuit of a class, plus the group metric and fidelity by masking / retaining.
+Interactions", ICLR 2025; anchor repo tue147/neurflow): core concept neurons, semantic groups, neuron
+groups and the concept circuit of a class, plus the group metric and fidelity by masking / retaining.
 
 Shapes: crops [n_crops, 3, S, S] (normalised model inputs); a layer's channel means
 [n_crops, C]; its maps [n_crops, C, h, w]. Levels of the circuit: level 0 is the class logit,
@@ -23,6 +23,7 @@ level i >= 1 holds core neurons of ``layers[i - 1]`` (top to bottom).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -32,11 +33,24 @@ from ..clustering import ward_silhouette
 from ..errors import InputError
 from ..models import as_maps, hooked, resolve_layer
 
+if TYPE_CHECKING:
+    import torch
+
+    from ..models import ModelSpec
+
 __all__ = ["NeurFlowConfig", "crop_grid", "make_crops", "NeurFlow", "group_metric", "CircuitLevel"]
 
 
 @dataclass
 class NeurFlowConfig:
+    """NeurFlow's settings.
+
+    granularities, stride: the crops (:func:`crop_grid`). top_k: crops in a neuron's concept.
+    tau: core neurons kept per upper neuron. n_steps, method: the integrated-gradients quadrature.
+    max_semantic_groups, max_neuron_groups: the largest k tried when clustering a neuron's crops and
+    a level's semantic groups. exemplars: crops shown per node. batch_size: crops per forward pass.
+    """
+
     granularities: tuple = (1.0, 0.5, 0.25)
     stride: float = 0.5
     top_k: int = 50
@@ -49,8 +63,13 @@ class NeurFlowConfig:
     batch_size: int = 128
 
 
-def crop_grid(size: int, granularities=(1.0, 0.5, 0.25), stride: float = 0.5) -> np.ndarray:
-    """int [n_boxes, 4] (top, left, bottom, right) of square crops of an image ``size`` pixels wide."""
+def crop_grid(size: int, granularities: Sequence[float] = (1.0, 0.5, 0.25),
+              stride: float = 0.5) -> np.ndarray:
+    """int [n_boxes, 4] (top, left, bottom, right) of square crops of an image ``size`` pixels wide.
+
+    Per granularity g in (0, 1], squares of side ``round(g * size)`` pixels, ``stride`` of the side
+    apart, row-major; granularities in the given order.
+    """
     boxes = []
     for g in granularities:
         if not 0 < g <= 1:
@@ -65,7 +84,7 @@ def crop_grid(size: int, granularities=(1.0, 0.5, 0.25), stride: float = 0.5) ->
     return np.array(boxes, dtype=np.int64)
 
 
-def make_crops(spec, images: np.ndarray, boxes: np.ndarray):
+def make_crops(spec: ModelSpec, images: np.ndarray, boxes: np.ndarray) -> torch.Tensor:
     """Normalised model inputs [n_images * n_boxes, 3, S, S] (image-major) from uint8 [N, H, W, 3]."""
     import torch
     import torch.nn.functional as F
@@ -81,9 +100,14 @@ def make_crops(spec, images: np.ndarray, boxes: np.ndarray):
     return (crops - mean) / std
 
 
-def group_metric(channel_means: np.ndarray, neurons, max_activation: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+def group_metric(channel_means: np.ndarray, neurons: Sequence[int] | np.ndarray, max_activation: np.ndarray,
+                 eps: float = 1e-6) -> np.ndarray:
     """NeurFlow's M(v) = exp(mean_s log(phi_s(v) / max phi_s)) over a group's neurons s, float [n]:
-    near 1 only when every neuron of the group is near its maximum on v."""
+    near 1 only when every neuron of the group is near its maximum on v.
+
+    channel_means: [n, C], phi_s(v) for n inputs v; max_activation: [C], each channel's maximum;
+    ratios are clipped below at ``eps``.
+    """
     neurons = np.asarray(neurons, dtype=np.int64)
     ratio = channel_means[:, neurons] / np.maximum(max_activation[neurons], eps)
     return np.exp(np.log(np.clip(ratio, eps, None)).mean(axis=1))
@@ -97,11 +121,17 @@ class CircuitLevel:
     layer: str | None
     neurons: list[int]
     top_crops: dict[int, np.ndarray] = field(default_factory=dict)
-    groups: dict[int, np.ndarray] = field(default_factory=dict)            # neuron -> group label per top crop
-    group_vectors: dict[int, np.ndarray] = field(default_factory=dict)     # neuron -> [n_groups, d]
-    children: dict[int, list[int]] = field(default_factory=dict)           # neuron -> core neurons one level down
-    importance: dict[int, np.ndarray] = field(default_factory=dict)        # neuron -> [C_lower] mean |IG|
-    edge_weights: dict[int, np.ndarray] = field(default_factory=dict)      # neuron -> [n_groups, len(children)]
+    #: neuron -> group label per top crop
+    groups: dict[int, np.ndarray] = field(default_factory=dict)
+    #: neuron -> [n_groups, d], each group's mean vector
+    group_vectors: dict[int, np.ndarray] = field(default_factory=dict)
+    #: neuron -> core neurons one level down
+    children: dict[int, list[int]] = field(default_factory=dict)
+    #: neuron -> [C_lower] mean |IG|
+    importance: dict[int, np.ndarray] = field(default_factory=dict)
+    #: neuron -> [n_groups, len(children)]
+    edge_weights: dict[int, np.ndarray] = field(default_factory=dict)
+    #: (neuron, semantic group) -> neuron-group node
     node_of_group: dict[tuple[int, int], int] = field(default_factory=dict)
     n_nodes: int = 0
 
@@ -109,13 +139,28 @@ class CircuitLevel:
 class NeurFlow:
     """The NeurFlow pipeline for one class over ``layers`` (top to bottom) of ``spec.module``.
 
-    ``run(images, class_index)`` with uint8 [N, H, W, 3] images of the class that the model gets
-    right returns the list of :class:`CircuitLevel`; the crops and each layer's channel means stay
-    on the object (``crops``, ``means``) for exemplars, the group metric and reports.
+    NeurFlow ("NeurFlow: Interpreting Neural Networks through Neuron Groups and Functional
+    Interactions", ICLR 2025): from the class logit down, each level's core neurons are the lower
+    neurons of highest integrated-gradients importance for the neurons above; each neuron's concept
+    (its top crops) is split into semantic groups, and the semantic groups of a level are clustered
+    into neuron groups, the nodes of the circuit. ``run(images, class_index)`` with uint8
+    [N, H, W, 3] images of the class that the model gets right returns the list of
+    :class:`CircuitLevel`; the crops and each layer's channel means stay on the object (``crops``,
+    ``means``) for exemplars, the group metric and reports.
+
+    Args:
+        spec: the model and how to feed it.
+        layers: dotted names of the layers below the logit, top to bottom.
+        config: the settings (defaults: :class:`NeurFlowConfig`).
+        backend: the integrated-gradients kernel (:func:`~neurcore.attribution.ig_accumulate`).
+        device: where the model runs.
+        progress: show a progress bar over the layer pairs.
+        parts_dir: a directory where finished layer pairs are saved and reused on a rerun.
     """
 
-    def __init__(self, spec, layers, config: NeurFlowConfig | None = None, *, backend=None, device="cpu",
-                 progress: bool = False, parts_dir: str | None = None):
+    def __init__(self, spec: ModelSpec, layers: Sequence[str], config: NeurFlowConfig | None = None, *,
+                 backend: str | None = None, device: str | torch.device = "cpu", progress: bool = False,
+                 parts_dir: str | None = None):
         self.spec, self.layers = spec, list(layers)
         if not self.layers:
             raise InputError("NeurFlow needs at least one layer below the logit")
@@ -132,8 +177,10 @@ class NeurFlow:
                                                                       backend=self.backend)
         return self.ig[(lower, upper)]
 
-    def forward_crops(self, crops):
-        """Every crop through the model once: logits [n, classes], channel means and maps per layer."""
+    def forward_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """Every crop [n, 3, S, S] through the model once; returns the logits [n, classes] (float32,
+        CPU) and keeps them (``logits``), each layer's maps [n, C, h, w] (``maps``) and channel means
+        [n, C] (``means``, numpy) on the object."""
         import torch
 
         module = self.spec.module.to(self.device)
@@ -151,7 +198,18 @@ class NeurFlow:
         return self.logits
 
     def run(self, images: np.ndarray, class_index: int) -> list[CircuitLevel]:
+        """The concept circuit of class ``class_index`` on ``images``, uint8 [N, H, W, 3] (square).
 
+        Steps: the images are cut into crops (:func:`crop_grid`, :func:`make_crops`) and run through
+        the model; level 0 holds the class logit; going down the layers, each neuron's concept is
+        its ``top_k`` crops, the importance of the lower layer's channels for it is their mean
+        |integrated gradients| over those crops, its core neurons are the ``tau`` most important
+        (non-zero) ones and form the next level, and its crops are split into semantic groups with
+        the edge weights of its core neurons per group; the bottom level's concepts and groups are
+        taken in its own layer. Last, each level's semantic groups are clustered into neuron groups.
+
+        Returns the levels, top (the logit) to bottom, also kept as ``levels``.
+        """
         cfg = self.config
         self.boxes = crop_grid(images.shape[1], cfg.granularities, cfg.stride)
         self.crops = make_crops(self.spec, images, self.boxes)
@@ -166,46 +224,53 @@ class NeurFlow:
         from tqdm import tqdm
 
         for lower in tqdm(self.layers, desc="NeurFlow layer pairs", disable=not self.progress, leave=False):
-            level = levels[-1]
-            upper = level.layer
-            ranking = scores_of[upper]
-            for a in level.neurons:
-                level.top_crops[a] = np.argsort(-ranking[:, a], kind="stable")[:k]
-            targets = list(level.neurons)
-            if not targets:  # no neuron above had a non-zero importance: the circuit ends here
-                levels.append(CircuitLevel(lower, []))
-                continue
-            examples = np.stack([level.top_crops[a] for a in targets])
-            ig = self._importance(lower, upper, targets, examples)   # |IG| [T, k, C_lower]
-            next_neurons = []
-            lower_means = self.means[lower]
-            for i, a in enumerate(targets):
-                imp = ig[i].mean(0)
-                order = np.argsort(-imp, kind="stable")
-                core = [int(s) for s in order[: cfg.tau] if imp[s] > 0]
-                level.importance[a] = imp
-                level.children[a] = core
-                labels, n_groups = ward_silhouette(lower_means[level.top_crops[a]], cfg.max_semantic_groups)
-                level.groups[a] = labels
-                level.group_vectors[a] = np.stack([lower_means[level.top_crops[a]][labels == j].mean(0)
-                                                   for j in range(n_groups)])
-                w = np.stack([ig[i][labels == j][:, core].mean(0) if core else np.zeros(0) for j in range(n_groups)])
-                level.edge_weights[a] = w / np.maximum(w.sum(1, keepdims=True), 1e-30)
-                next_neurons += [s for s in core if s not in next_neurons]
-            levels.append(CircuitLevel(lower, sorted(next_neurons)))
-        # the bottom level: concepts and semantic groups in its own layer's space
-        bottom = levels[-1]
-        own = self.means[bottom.layer]
-        for a in bottom.neurons:
-            bottom.top_crops[a] = np.argsort(-own[:, a], kind="stable")[:k]
-            labels, n_groups = ward_silhouette(own[bottom.top_crops[a]], cfg.max_semantic_groups)
-            bottom.groups[a] = labels
-            bottom.group_vectors[a] = np.stack([own[bottom.top_crops[a]][labels == j].mean(0)
-                                                for j in range(n_groups)])
+            levels.append(self._level_below(levels[-1], lower, scores_of[levels[-1].layer], k))
+        self._bottom_concepts(levels[-1], k)
         for level in levels:
             self._neuron_groups(level)
         self.levels = levels
         return levels
+
+    def _level_below(self, level: CircuitLevel, lower: str, ranking: np.ndarray, k: int) -> CircuitLevel:
+        """Fill in ``level``'s concepts (top k crops by ``ranking`` [n_crops, C]), importance, core
+        neurons, semantic groups (in ``lower``'s space) and edge weights; returns the level of
+        ``lower``, holding the core neurons."""
+        for a in level.neurons:
+            level.top_crops[a] = np.argsort(-ranking[:, a], kind="stable")[:k]
+        targets = list(level.neurons)
+        if not targets:  # no neuron above had a non-zero importance: the circuit ends here
+            return CircuitLevel(lower, [])
+        examples = np.stack([level.top_crops[a] for a in targets])
+        ig = self._importance(lower, level.layer, targets, examples)   # |IG| [T, k, C_lower]
+        next_neurons = []
+        for i, a in enumerate(targets):
+            imp = ig[i].mean(0)
+            order = np.argsort(-imp, kind="stable")
+            core = [int(s) for s in order[: self.config.tau] if imp[s] > 0]
+            level.importance[a] = imp
+            level.children[a] = core
+            labels, n_groups = self._semantic_groups(level, a, self.means[lower])
+            w = np.stack([ig[i][labels == j][:, core].mean(0) if core else np.zeros(0)
+                          for j in range(n_groups)])
+            level.edge_weights[a] = w / np.maximum(w.sum(1, keepdims=True), 1e-30)
+            next_neurons += [s for s in core if s not in next_neurons]
+        return CircuitLevel(lower, sorted(next_neurons))
+
+    def _bottom_concepts(self, bottom: CircuitLevel, k: int) -> None:
+        """The bottom level's concepts and semantic groups, in its own layer's space."""
+        own = self.means[bottom.layer]
+        for a in bottom.neurons:
+            bottom.top_crops[a] = np.argsort(-own[:, a], kind="stable")[:k]
+            self._semantic_groups(bottom, a, own)
+
+    def _semantic_groups(self, level: CircuitLevel, a: int, space: np.ndarray) -> tuple[np.ndarray, int]:
+        """Neuron ``a``'s top crops clustered (Ward, k by silhouette) by their rows of ``space``
+        [n_crops, d]; sets ``level.groups[a]`` and ``level.group_vectors[a]``, returns (labels, k)."""
+        vectors = space[level.top_crops[a]]
+        labels, n_groups = ward_silhouette(vectors, self.config.max_semantic_groups)
+        level.groups[a] = labels
+        level.group_vectors[a] = np.stack([vectors[labels == j].mean(0) for j in range(n_groups)])
+        return labels, n_groups
 
     def _importance(self, lower, upper, targets, examples) -> np.ndarray:
         import hashlib
@@ -245,7 +310,8 @@ class NeurFlow:
     def nodes(self, level_index: int) -> list[dict]:
         """The neuron-group nodes of a level: members and exemplar crops (nearest their centre)."""
         level = self.levels[level_index]
-        space = self.means[self.layers[level_index]] if level_index < len(self.layers) else self.means[level.layer]
+        layer = self.layers[level_index] if level_index < len(self.layers) else level.layer
+        space = self.means[layer]
         out = []
         for g in range(level.n_nodes):
             members = [(a, j) for (a, j), node in level.node_of_group.items() if node == g]
@@ -253,7 +319,8 @@ class NeurFlow:
             crops = np.unique(np.concatenate([level.top_crops[a][level.groups[a] == j] for a, j in members]))
             centre = np.mean([level.group_vectors[a][j] for a, j in members], axis=0)
             nearest = crops[np.argsort(np.linalg.norm(space[crops] - centre, axis=1), kind="stable")]
-            out.append({"group": g, "neurons": neurons, "exemplar_crops": nearest[: self.config.exemplars].tolist(),
+            out.append({"group": g, "neurons": neurons,
+                        "exemplar_crops": nearest[: self.config.exemplars].tolist(),
                         "semantic_groups": [[int(a), int(j)] for a, j in members]})
         return out
 

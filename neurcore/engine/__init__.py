@@ -14,9 +14,16 @@
 """
 
 from . import backends
-from ._bitmasks import SPARSE_OCCUPANCY, BitMasks, BitMasksBuilder, sparse_threshold, unpack_words
+from ._bitmasks import (
+    SPARSE_OCCUPANCY,
+    BitMasks,
+    BitMasksBuilder,
+    check_same_space,
+    sparse_threshold,
+    unpack_words,
+)
 from ._device import device_of, is_torch, to_host
-from ._dispatch import OP_CODES, check_same_space, largest_rectangles
+from ._dispatch import OP_CODES, largest_rectangles
 from ._intersect import intersect_counts
 from ._rows import combine_rows
 from .backends import cpu_level, set_cpu_level, usable_cpu_levels

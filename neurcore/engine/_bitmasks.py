@@ -10,8 +10,8 @@ axis. Each image's ``P = prod(image_shape)`` pixels are packed into
   int64 ``[nnz]`` (strictly increasing within a row), ``words`` uint64
   ``[nnz, wpi]``; only images where a row has a set bit are stored.
 
-Probe concepts touch a few percent of the images, so the image-sparse layout is what makes a Broden-scale concept set
-(1,100 concepts x 22,210 images x 112 x 112, ~38 GB as dense bits) fit in
+Probe concepts touch a few percent of the images, so the image-sparse layout is what makes a
+Broden-scale concept set (1,100 concepts x 22,210 images x 112 x 112, ~38 GB as dense bits) fit in
 memory. ``layout="auto"`` picks image-sparse when few enough of the
 (row, image) blocks are non-empty (see :func:`sparse_threshold`).
 """
@@ -23,15 +23,19 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import BackendUnavailable, InputError
 from . import _dispatch, backends
 from ._device import device_of, is_torch, to_host
 
-__all__ = ["BitMasks", "BitMasksBuilder", "SPARSE_OCCUPANCY", "sparse_threshold", "unpack_words"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["BitMasks", "BitMasksBuilder", "SPARSE_OCCUPANCY", "sparse_threshold", "unpack_words",
+           "check_same_space"]
 
 #: ``layout="auto"`` stores masks image-sparse when at most this fraction of
 #: their (row, image) blocks is non-empty, for blocks of 32 words or more.
@@ -107,6 +111,17 @@ def _as_row_index(idx, n: int) -> np.ndarray | slice:
     return (arr % n).astype(np.int64)
 
 
+def check_same_space(what: str, a: BitMasks, b: BitMasks, names: tuple[str, str]) -> None:
+    """Two BitMasks must share one sample space and one device; the error (an
+    :class:`~neurcore.errors.InputError` saying ``what`` failed) names both by ``names``."""
+    if a.sample_shape != b.sample_shape:
+        raise InputError(f"{what}: operands must share one sample space; {names[0]} is over "
+                         f"{a.sample_shape}, {names[1]} over {b.sample_shape}")
+    if a.device != b.device:
+        raise InputError(f"{what}: {names[0]} is on {a.device} and {names[1]} on {b.device}; "
+                         "move one with .to()")
+
+
 class BitMasks:
     """n binary masks over one sample space ``[n_images, *image_shape]``, bit-packed.
 
@@ -119,7 +134,9 @@ class BitMasks:
 
     __slots__ = ("_sample_shape", "_layout", "_words", "_indptr", "_images")
 
-    def __init__(self, sample_shape, words, indptr=None, images=None, *, validate: bool = True):
+    def __init__(self, sample_shape: Sequence[int], words: np.ndarray | torch.Tensor,
+                 indptr: np.ndarray | torch.Tensor | None = None,
+                 images: np.ndarray | torch.Tensor | None = None, *, validate: bool = True):
         """Low-level constructor from layout arrays (dense when indptr is None).
 
         Dense: ``words`` uint64 [n, n_images, wpi]. Image-sparse: ``indptr``
@@ -136,9 +153,11 @@ class BitMasks:
     # ------------------------------------------------------------ validation
     def _validate(self) -> None:
         if len(self._sample_shape) < 1 or any(s < 0 for s in self._sample_shape):
-            raise InputError(f"BitMasks: sample_shape must be [n_images, *image_shape], got {self._sample_shape}")
+            raise InputError(
+                f"BitMasks: sample_shape must be [n_images, *image_shape], got {self._sample_shape}")
         if self.pixels_per_image < 1:
-            raise InputError(f"BitMasks: images must have at least one pixel, got image shape {self.image_shape}")
+            raise InputError(
+                f"BitMasks: images must have at least one pixel, got image shape {self.image_shape}")
         wpi, n_img = self.words_per_image, self.n_images
         w = self._words
         if is_torch(w):
@@ -177,7 +196,8 @@ class BitMasks:
             return
         indptr, images = to_host(self._indptr), to_host(self._images)
         if indptr.ndim != 1 or len(indptr) < 1:
-            raise InputError(f"BitMasks: indptr must be 1-d with n + 1 >= 1 entries, got shape {indptr.shape}")
+            raise InputError(
+                f"BitMasks: indptr must be 1-d with n + 1 >= 1 entries, got shape {indptr.shape}")
         nnz = int(indptr[-1])
         if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
             raise InputError("BitMasks: indptr must start at 0 and be non-decreasing")
@@ -194,7 +214,7 @@ class BitMasks:
 
     # ---------------------------------------------------------- constructors
     @classmethod
-    def from_dense(cls, masks, layout: str = "auto") -> "BitMasks":
+    def from_dense(cls, masks: np.ndarray, layout: str = "auto") -> "BitMasks":
         """Pack a bool array ``[n, n_images, *image_shape]``; layout "auto", "dense" or "sparse"."""
         masks = np.asarray(masks)
         if masks.dtype != bool:
@@ -206,14 +226,15 @@ class BitMasks:
         n, sample_shape = masks.shape[0], masks.shape[1:]
         pixels = math.prod(sample_shape[1:])
         if pixels < 1:
-            raise InputError(f"BitMasks.from_dense: images must have at least one pixel, got shape {masks.shape}")
+            raise InputError(
+                f"BitMasks.from_dense: images must have at least one pixel, got shape {masks.shape}")
         words = _pack(masks.reshape(n * sample_shape[0], pixels))
         dense = cls(sample_shape, words.reshape(n, sample_shape[0], _words_per_image(pixels)), validate=False)
         return dense.as_layout(layout)
 
     @classmethod
-    def zeros(cls, n: int, sample_shape, layout: str = "sparse") -> "BitMasks":
-        """n empty masks."""
+    def zeros(cls, n: int, sample_shape: Sequence[int], layout: str = "sparse") -> "BitMasks":
+        """n empty masks over ``sample_shape`` = (n_images, *image_shape), in ``layout``."""
         sample_shape = tuple(sample_shape)
         wpi = _words_per_image(math.prod(sample_shape[1:]))
         if layout == "dense":
@@ -251,18 +272,22 @@ class BitMasks:
 
     @property
     def n_images(self) -> int:
+        """Images in the sample space (its first axis)."""
         return self._sample_shape[0]
 
     @property
     def image_shape(self) -> tuple:
+        """Shape of one image's mask, e.g. ``(h, w)``."""
         return self._sample_shape[1:]
 
     @property
     def pixels_per_image(self) -> int:
+        """``prod(image_shape)``: pixels (bits) of one image's mask."""
         return math.prod(self._sample_shape[1:])
 
     @property
     def words_per_image(self) -> int:
+        """uint64 words holding one image's mask: ``ceil(pixels_per_image / 64)``."""
         return _words_per_image(self.pixels_per_image)
 
     @property
@@ -360,13 +385,12 @@ class BitMasks:
                 out[_row_of_block(host._indptr)[hit]] = unpack_words(host._words[hit], self.pixels_per_image)
         return out.reshape(self.n, *self.image_shape)
 
-    def to(self, device) -> "BitMasks":
-        """A copy on ``device`` ("cpu", "cuda", "cuda:1", or a torch.device); self if already there."""
+    def to(self, device: str | torch.device) -> "BitMasks":
+        """A copy on ``device`` ("cpu", "cuda", "cuda:1", or a torch.device); self if already there.
+        :class:`~neurcore.errors.BackendUnavailable` when CUDA cannot be used here."""
         device = str(device)
         if device == "cuda":
-            import torch
-
-            device = f"cuda:{torch.cuda.current_device()}"
+            device = _current_cuda_device()
         if device == self.device:
             return self
         arrays = [self._words, self._indptr, self._images]
@@ -412,8 +436,9 @@ class BitMasks:
                         validate=False)
 
     # -------------------------------------------------------------- counting
-    def count(self, per_image: bool = False):
-        """Set bits per row -> int64 [n]; with ``per_image``, per row and image -> int64 [n, n_images]."""
+    def count(self, per_image: bool = False) -> np.ndarray | torch.Tensor:
+        """Set bits (pixels) per row -> int64 [n]; with ``per_image``, per row and image -> int64
+        [n, n_images]. numpy for CPU masks, a torch tensor on the masks' device otherwise."""
         n, n_img, wpi = self.n, self.n_images, self.words_per_image
         if self._layout == "dense":
             if per_image:
@@ -500,7 +525,7 @@ class BitMasks:
     def _binary(self, op: str, other: "BitMasks") -> "BitMasks":
         if not isinstance(other, BitMasks):
             return NotImplemented
-        _dispatch.check_same_space(f"BitMasks {op}", self, other, ("left", "right"))
+        check_same_space(f"BitMasks {op}", self, other, ("left", "right"))
         if self.n != other.n and 1 not in (self.n, other.n):
             raise InputError(f"BitMasks {op}: row counts {self.n} and {other.n} must match, or one must be 1")
         n = max(self.n, other.n)
@@ -542,7 +567,10 @@ class BitMasks:
         """Complement within each image (padding bits stay zero); the result is dense."""
         d = self.as_layout("dense")
         wpi = self.words_per_image
-        words = _dispatch.not_blocks(d._words.reshape(-1, wpi), self.pixels_per_image) if d.nnz_blocks else d._words
+        if d.nnz_blocks:
+            words = _dispatch.not_blocks(d._words.reshape(-1, wpi), self.pixels_per_image)
+        else:
+            words = d._words
         return BitMasks(self.sample_shape, words.reshape(d._words.shape), validate=False)
 
     # ------------------------------------------------------------ save / load
@@ -579,8 +607,8 @@ class BitMasks:
             raise InputError(f"BitMasks.load: {meta_path} is not valid JSON: {exc}") from None
         if meta.get("format") != _FORMAT or meta.get("version") != _FORMAT_VERSION:
             raise InputError(
-                f"BitMasks.load: {meta_path} has format {meta.get('format')!r} version {meta.get('version')!r}, "
-                f"expected {_FORMAT!r} version {_FORMAT_VERSION}"
+                f"BitMasks.load: {meta_path} has format {meta.get('format')!r} "
+                f"version {meta.get('version')!r}, expected {_FORMAT!r} version {_FORMAT_VERSION}"
             )
         names = ["words"] + (["indptr", "images"] if meta.get("layout") == "sparse" else [])
         arrays = {}
@@ -594,8 +622,20 @@ class BitMasks:
         except (TypeError, ValueError) as exc:
             raise InputError(f"BitMasks.load: {path}: {exc}") from None
         if masks.n != meta.get("n"):
-            raise InputError(f"BitMasks.load: {meta_path} says n = {meta.get('n')}, arrays hold {masks.n} rows")
+            raise InputError(
+                f"BitMasks.load: {meta_path} says n = {meta.get('n')}, arrays hold {masks.n} rows")
         return masks
+
+
+def _current_cuda_device() -> str:
+    """"cuda:<index>" of torch's current CUDA device; BackendUnavailable when CUDA is not usable."""
+    backends.cuda_module()  # raise now if the CUDA kernels were not built
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("no usable CUDA device here (torch.cuda.is_available() is False); "
+                                 "keep the masks on the CPU")
+    return f"cuda:{torch.cuda.current_device()}"
 
 
 def _concat_fn(like):
@@ -707,7 +747,7 @@ class BitMasksBuilder:
             self._words.append(words)
         self._nnz += len(rows)
 
-    def append(self, masks) -> None:
+    def append(self, masks: np.ndarray) -> None:
         """The next b images for every row: bool ``[n, b, *image_shape]``."""
         masks = np.asarray(masks)
         if masks.dtype != bool:
@@ -724,7 +764,8 @@ class BitMasksBuilder:
         self._add(flat // b, self.n_images + flat % b, words)
         self.n_images += b
 
-    def append_sparse(self, n_new_images: int, rows, images, masks) -> None:
+    def append_sparse(self, n_new_images: int, rows: np.ndarray, images: np.ndarray,
+                      masks: np.ndarray) -> None:
         """The next ``n_new_images`` images, given only their non-empty masks.
 
         rows: int [m] (mask row), images: int [m] (image within this batch,

@@ -40,15 +40,6 @@ def ptr(t) -> int:
     return t.data_ptr()
 
 
-def check_same_space(what: str, a, b, names: tuple[str, str]) -> None:
-    """Two BitMasks must share one sample space and one device; the error names both."""
-    if a.sample_shape != b.sample_shape:
-        raise InputError(f"{what}: operands must share one sample space; {names[0]} is over {a.sample_shape}, "
-                         f"{names[1]} over {b.sample_shape}")
-    if a.device != b.device:
-        raise InputError(f"{what}: {names[0]} is on {a.device} and {names[1]} on {b.device}; move one with .to()")
-
-
 # ------------------------------------------------------------------ primitives
 def popcount_rows(words):
     """Set bits per row of words [m, k] -> int64 [m]."""
@@ -107,9 +98,13 @@ def combine_blocks(ops, a, ia, b, ib):
     run of a.shape[1] words: an image block, or a whole dense row.
     """
     m = len(ia)
-    codes = np.full(m, OP_CODES[ops], dtype=np.uint8) if isinstance(ops, str) else np.ascontiguousarray(ops, np.uint8)
+    if isinstance(ops, str):
+        codes = np.full(m, OP_CODES[ops], dtype=np.uint8)
+    else:
+        codes = np.ascontiguousarray(ops, np.uint8)
     if not is_torch(a):
-        return _C.combine_blocks(codes, a, np.ascontiguousarray(ia, np.int64), b, np.ascontiguousarray(ib, np.int64))
+        ia_h, ib_h = np.ascontiguousarray(ia, np.int64), np.ascontiguousarray(ib, np.int64)
+        return _C.combine_blocks(codes, a, ia_h, b, ib_h)
     import torch
 
     if codes.size and codes.max() > 2:

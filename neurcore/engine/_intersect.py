@@ -3,13 +3,18 @@ primitive, dispatched to the CPU, CUDA or Triton kernels by where the masks live
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import InputError
-from ._bitmasks import BitMasks
+from ._bitmasks import BitMasks, check_same_space
 from ._device import to_host
-from ._dispatch import check_same_space, cuda_call, image_major_index, ptr
+from ._dispatch import cuda_call, image_major_index, ptr
 from .backends import _C
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["intersect_counts"]
 
@@ -57,7 +62,7 @@ def _intersect_cuda(A, B):
     return out
 
 
-def intersect_counts(A, B, *, backend: str | None = None):
+def intersect_counts(A: BitMasks, B: BitMasks, *, backend: str | None = None) -> np.ndarray | torch.Tensor:
     """Pairwise intersection counts ``Z[i, j] = |A_i & B_j|`` -> int64 [A.n, B.n].
 
     A, B: ``BitMasks`` over the same sample space, in any pair of layouts

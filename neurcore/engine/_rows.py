@@ -10,7 +10,8 @@ from ._dispatch import OP_CODES, combine_blocks
 __all__ = ["combine_rows"]
 
 
-def combine_rows(ops, left: BitMasks, ia, right: BitMasks, ib) -> BitMasks:
+def combine_rows(ops: str | np.ndarray, left: BitMasks, ia: np.ndarray, right: BitMasks,
+                 ib: np.ndarray) -> BitMasks:
     """Rows ``left[ia[t]] op_t right[ib[t]]`` -> BitMasks [len(ia)] (index -1: an empty row).
 
     ops: an op name ("and", "or", "and_not") for all rows, or uint8 codes per row
@@ -24,7 +25,8 @@ def combine_rows(ops, left: BitMasks, ia, right: BitMasks, ib) -> BitMasks:
     shape = left.sample_shape
     if left.layout == right.layout == "dense":
         k = left.n_images * left.words_per_image
-        words = combine_blocks(codes, left._words.reshape(left.n, k), ia, right._words.reshape(right.n, k), ib)
+        left_rows, right_rows = left._words.reshape(left.n, k), right._words.reshape(right.n, k)
+        words = combine_blocks(codes, left_rows, ia, right_rows, ib)
         return BitMasks(shape, words.reshape(m, left.n_images, left.words_per_image), validate=False)
     empty = BitMasks.zeros(1, shape, layout="sparse")
     empty = empty if left.device == "cpu" else empty.to(left.device)

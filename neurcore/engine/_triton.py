@@ -38,8 +38,10 @@ def _dense_dense_kernel(a_ptr, b_ptr, out_ptr, na, nb, k,
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int64)
     for k0 in range(0, k, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(a_ptr + rm[:, None] * k + rk[None, :], mask=(rm[:, None] < na) & (rk[None, :] < k), other=0)
-        b = tl.load(b_ptr + rn[:, None] * k + rk[None, :], mask=(rn[:, None] < nb) & (rk[None, :] < k), other=0)
+        a = tl.load(a_ptr + rm[:, None] * k + rk[None, :], mask=(rm[:, None] < na) & (rk[None, :] < k),
+                    other=0)
+        b = tl.load(b_ptr + rn[:, None] * k + rk[None, :], mask=(rn[:, None] < nb) & (rk[None, :] < k),
+                    other=0)
         acc += tl.sum(_popcount64(a[:, None, :] & b[None, :, :]), axis=2)
     tl.store(out_ptr + rm[:, None] * nb + rn[None, :], acc, mask=(rm[:, None] < na) & (rn[None, :] < nb))
 
@@ -63,8 +65,8 @@ def _sparse_dense_kernel(a_row_ptr, a_img_ptr, a_words_ptr, b_ptr, out_ptr, nb, 
 
 
 @triton.jit
-def _sparse_sparse_kernel(a_row_ptr, a_img_ptr, a_words_ptr, by_image_ptr, b_row_ptr, b_block_ptr, b_words_ptr,
-                          out_ptr, nb, wpi, BLOCK_Q: tl.constexpr, BLOCK_W: tl.constexpr):
+def _sparse_sparse_kernel(a_row_ptr, a_img_ptr, a_words_ptr, by_image_ptr, b_row_ptr, b_block_ptr,
+                          b_words_ptr, out_ptr, nb, wpi, BLOCK_Q: tl.constexpr, BLOCK_W: tl.constexpr):
     # One program per A block; it visits the B blocks of the same image.
     p = tl.program_id(0).to(tl.int64)
     i = tl.load(a_row_ptr + p)

@@ -88,7 +88,8 @@ def not_blocks(words: np.ndarray, pixels_per_image: int) -> np.ndarray:
     return pack_bits(~bits)
 
 
-def combine_blocks(ops, a_words, ia, b_words, ib) -> np.ndarray:
+def combine_blocks(ops: str | np.ndarray, a_words: np.ndarray, ia: np.ndarray, b_words: np.ndarray,
+                   ib: np.ndarray) -> np.ndarray:
     """out[t] = A[ia[t]] op_t B[ib[t]] (ops: a name, or one code 0/1/2 per block); -1 is a zero block."""
     names = {v: k for k, v in OPS.items()}
     wpi = a_words.shape[1]
@@ -106,7 +107,8 @@ def nonzero_blocks(words: np.ndarray) -> np.ndarray:
     return popcount_rows(words) > 0
 
 
-def sparse_to_dense_words(indptr, images, words, n_images: int) -> np.ndarray:
+def sparse_to_dense_words(indptr: np.ndarray, images: np.ndarray, words: np.ndarray,
+                          n_images: int) -> np.ndarray:
     """An image-sparse row set (CSR over images) -> dense words uint64 [n, n_images, wpi]."""
     n = len(indptr) - 1
     wpi = words.shape[1]
@@ -133,7 +135,8 @@ def largest_rectangles(masks: np.ndarray) -> np.ndarray:
                 for x0 in range(w):
                     for x1 in range(x0, w):
                         area = (y1 - y0 + 1) * (x1 - x0 + 1)
-                        if area > best and csum[y1 + 1, x1 + 1] - csum[y0, x1 + 1] - csum[y1 + 1, x0] + csum[y0, x0] == area:
+                        filled = csum[y1 + 1, x1 + 1] - csum[y0, x1 + 1] - csum[y1 + 1, x0] + csum[y0, x0]
+                        if area > best and filled == area:
                             best = area
                             out[t] = (y0, x0, y1, x1)
     return out

@@ -4,15 +4,19 @@ array or field and the entry that is wrong."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["unit_indices", "finite_2d", "unit_rows", "concept_matrix", "check_names"]
+__all__ = ["UnitIndices", "unit_indices", "finite_2d", "unit_rows", "concept_matrix", "check_names"]
+
+#: Unit indices into a layer's columns: a list or 1-d integer array, or None for every unit.
+UnitIndices = Union[Sequence[int], np.ndarray, None]
 
 
-def unit_indices(units, n_units: int) -> np.ndarray:
+def unit_indices(units: UnitIndices, n_units: int) -> np.ndarray:
     """The unit indices asked for, int64 [k] (every unit when ``units`` is None), each in range."""
     if units is None:
         return np.arange(n_units)

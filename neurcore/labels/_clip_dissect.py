@@ -1,5 +1,6 @@
 """CLIP-Dissect: label every unit of a layer with the concept whose image-text similarity pattern
-matches the unit's top-activating probe images (Oikarinen & Weng, ICLR 2023; repo
+matches the unit's top-activating probe images (Oikarinen & Weng, "CLIP-Dissect: Automatic
+Description of Neuron Representations in Deep Vision Networks", ICLR 2023; the anchor is its repository
 Trustworthy-ML-Lab/CLIP-dissect, ``similarity.py``, ``utils.py``, ``describe_neurons.py``).
 
 Inputs are plain arrays:
@@ -55,7 +56,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..results import Explanation
-from ._checks import concept_matrix, finite_2d, unit_indices, unit_rows
+from ._checks import UnitIndices, concept_matrix, finite_2d, unit_indices, unit_rows
 
 __all__ = ["SIMILARITY_FUNCTIONS", "ClipDissect", "image_text_similarity", "similarity_matrix"]
 
@@ -88,8 +89,13 @@ def image_text_similarity(image_emb: np.ndarray, text_emb: np.ndarray) -> np.nda
 class ClipDissect:
     """CLIP-Dissect over a fixed probe: ``ClipDissect(image_text_sim, names).explain(unit_acts)``.
 
-    image_text_sim: float [n_images, n_concepts], cosine similarities (see :func:`image_text_similarity`).
-    names: the n_concepts concept names (unique, non-empty).
+    Oikarinen & Weng, "CLIP-Dissect: Automatic Description of Neuron Representations in Deep Vision
+    Networks", ICLR 2023; the module doc lists the similarity functions and where they differ from
+    the paper's code.
+
+    image_text_sim: float [n_images, n_concepts], cosine similarities of the probe images with the
+    concept texts (see :func:`image_text_similarity`); finite, not empty. Kept as ``self.sim``.
+    names: the n_concepts concept names (unique, non-empty), in column order. Kept as ``self.names``.
     """
 
     def __init__(self, image_text_sim: np.ndarray, names: Sequence[str]):
@@ -101,12 +107,16 @@ class ClipDissect:
 
     @property
     def n_images(self) -> int:
+        """The number of probe images, the rows of ``image_text_sim`` and of every ``unit_acts``."""
         return self.sim.shape[0]
 
-    def similarity(self, unit_acts: np.ndarray, *, similarity: str = "soft_wpmi", units=None,
-                   dtype: str = "float32", **params) -> np.ndarray:
+    def similarity(self, unit_acts: np.ndarray, *, similarity: str = "soft_wpmi", units: UnitIndices = None,
+                   dtype: str = "float32", **params: float) -> np.ndarray:
         """The unit x concept similarity matrix [len(units), n_concepts] (float64) of one similarity function.
 
+        unit_acts: float [n_images, n_units], one activation per probe image and unit.
+        similarity: one of SIMILARITY_FUNCTIONS. units: indices of the units to score (default all).
+        dtype: "float32" (the anchor's) or "float64", the precision of the computation.
         params: that function's parameters (SIMILARITY_FUNCTIONS lists them and their anchor defaults).
         """
         acts = self._check_acts(unit_acts)
@@ -114,17 +124,19 @@ class ClipDissect:
 
     def explain(self, unit_acts: np.ndarray, *, similarity: str = "soft_wpmi", top_k: int | None = None,
                 a: float | None = None, lam: float | None = None, p_start: float = 0.998,
-                p_end: float = 0.97, layer: str | None = None, units=None, n_top: int = 5,
-                dtype: str = "float32", **params) -> list[Explanation]:
-        """One Explanation per unit: the argmax concept as ``formula``, its score as ``metrics["similarity"]``.
+                p_end: float = 0.97, layer: str | None = None, units: UnitIndices = None, n_top: int = 5,
+                dtype: str = "float32", **params: float) -> list[Explanation]:
+        """One Explanation per unit: the argmax concept as ``formula``, its score as
+        ``metrics["similarity"]``.
 
         unit_acts: float [n_images, n_units], one activation per probe image and unit.
         similarity: one of SIMILARITY_FUNCTIONS. top_k, a, lam: soft_wpmi / wpmi parameters; None takes
         the chosen function's anchor default (soft_wpmi 100, 10, 1; wpmi 28, 2, 0.6). p_start, p_end:
         soft_wpmi's inclusion probabilities. params: rank_reorder's p, top_fraction, scale_p or
         cos_similarity_cubed's min_norm. units: indices of the units to explain (default all); wpmi and
-        soft_wpmi still use the whole layer for log p(t). n_top: concepts listed in ``extra["top"]``
-        as ``[name, similarity]``, best first. dtype: "float32" (the anchor's) or "float64".
+        soft_wpmi still use the whole layer for log p(t). layer: the layer name recorded in each
+        Explanation. n_top: concepts listed in ``extra["top"]`` as ``[name, similarity]``, best first.
+        dtype: "float32" (the anchor's) or "float64".
         """
         acts = self._check_acts(unit_acts)
         if similarity in ("soft_wpmi", "wpmi"):
@@ -153,17 +165,24 @@ class ClipDissect:
     def _check_acts(self, unit_acts) -> np.ndarray:
         acts = finite_2d(unit_acts, "unit_acts")
         if acts.shape[0] != self.n_images:
-            raise InputError(f"unit_acts has {acts.shape[0]} image rows but image_text_sim has {self.n_images}")
+            raise InputError(f"unit_acts has {acts.shape[0]} image rows but image_text_sim has "
+                             f"{self.n_images}")
         if acts.shape[1] == 0:
             raise InputError("unit_acts has no unit columns")
         return acts
 
 
 def similarity_matrix(image_text_sim: np.ndarray, unit_acts: np.ndarray, *, similarity: str = "soft_wpmi",
-                      units=None, dtype: str = "float32", **params) -> np.ndarray:
-    """Unit x concept similarity [len(units), n_concepts] (float64) for plain arrays (see the module doc)."""
+                      units: UnitIndices = None, dtype: str = "float32", **params: float) -> np.ndarray:
+    """Unit x concept similarity [len(units), n_concepts] (float64) for plain arrays (see the module doc).
+
+    image_text_sim: float [n_images, n_concepts]; unit_acts: float [n_images, n_units]; similarity:
+    one of SIMILARITY_FUNCTIONS; units: indices of the units to score (default all); dtype: "float32"
+    or "float64"; params: the function's parameters, overriding its defaults in SIMILARITY_FUNCTIONS.
+    """
     if similarity not in SIMILARITY_FUNCTIONS:
-        raise InputError(f"similarity: unknown function {similarity!r}; known: {sorted(SIMILARITY_FUNCTIONS)}")
+        raise InputError(f"similarity: unknown function {similarity!r}; "
+                         f"known: {sorted(SIMILARITY_FUNCTIONS)}")
     if dtype not in ("float32", "float64"):
         raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     kw = dict(SIMILARITY_FUNCTIONS[similarity])
@@ -236,12 +255,13 @@ def _log_p_given_top(P: np.ndarray, inds: np.ndarray, p_in) -> np.ndarray:
     buf = np.empty((k * step, C), P.dtype)
     if p_in is not None:
         scale = p_in.astype(P.dtype)[:, None, None]
-        shift = (1.0 - p_in + _MIN_PROB).astype(P.dtype)[:, None, None]   # 1 + p(P - 1) + eps = p P + (1 - p + eps)
+        # 1 + p(P - 1) + eps = p P + (1 - p + eps)
+        shift = (1.0 - p_in + _MIN_PROB).astype(P.dtype)[:, None, None]
     for s in range(0, U, step):
         idx = inds[:, s:s + step]
         m = idx.shape[1]
         g = buf[:k * m]
-        np.take(P, idx.reshape(-1), axis=0, out=g, mode="clip")          # indices are valid; "clip" avoids a copy
+        np.take(P, idx.reshape(-1), axis=0, out=g, mode="clip")  # indices are valid; "clip" avoids a copy
         g = g.reshape(k, m, C)
         if p_in is not None:
             np.multiply(g, scale, out=g)
@@ -341,7 +361,8 @@ def _first_best(sims: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _top_concepts(sims: np.ndarray, best: np.ndarray, n_top: int) -> np.ndarray:
-    """Indices [U, min(n_top, C)]: the label, then the best other concepts by score (ties to the lower index)."""
+    """Indices [U, min(n_top, C)]: the label, then the best other concepts by score (ties to the lower
+    index)."""
     U, C = sims.shape
     k = min(int(n_top), C)
     if k <= 0:

@@ -6,12 +6,16 @@ import hashlib
 import json
 import os
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._io import atomic_path, read_json, write_json
 from ..errors import InputError
 from ._vlm import VisionLanguageModel
+
+if TYPE_CHECKING:
+    from ..probe import Probe
 
 __all__ = ["embed_images", "embed_texts", "vlm_cache_dir"]
 
@@ -21,7 +25,7 @@ def vlm_cache_dir(root: str, vlm: VisionLanguageModel) -> str:
     return os.path.join(root, re.sub(r"[^A-Za-z0-9._-]+", "_", vlm.cache_key))
 
 
-def embed_images(vlm: VisionLanguageModel, probe, cache_dir: str, *, batch_size: int = 64,
+def embed_images(vlm: VisionLanguageModel, probe: Probe, cache_dir: str, *, batch_size: int = 64,
                  progress: bool = True) -> np.ndarray:
     """Image embeddings of the whole probe: read-only memmap float32 [n_images, D], L2-normalised.
 
@@ -47,8 +51,8 @@ def embed_images(vlm: VisionLanguageModel, probe, cache_dir: str, *, batch_size:
     else:
         cache = np.load(file, mmap_mode="r+")
     start -= start % batch_size
-    bar = tqdm(total=n, initial=start, desc=f"image embeddings ({vlm.name})", unit="img", disable=not progress,
-               leave=False)
+    bar = tqdm(total=n, initial=start, desc=f"image embeddings ({vlm.name})", unit="img",
+               disable=not progress, leave=False)
     for s in range(start, n, batch_size):
         e = min(n, s + batch_size)
         cache[s:e] = vlm.encode_image(probe.images(s, e), batch_size=batch_size)
@@ -61,7 +65,7 @@ def embed_images(vlm: VisionLanguageModel, probe, cache_dir: str, *, batch_size:
 
 
 def embed_texts(vlm: VisionLanguageModel, texts: list[str], cache_dir: str | None = None) -> np.ndarray:
-    """Text embeddings float32 [T, D]; with ``cache_dir`` cached as
+    """Text embeddings float32 [T, D], L2-normalised; with ``cache_dir`` cached as
     ``cache_dir/<vlm.cache_key>/texts-<hash of the texts>.npy``."""
     if cache_dir is None:
         return vlm.encode_text(texts)

@@ -2,7 +2,8 @@
 
 SIEVE (select, hypothesize, verify) checks a unit's hypothesised concept by
 generating images of it and measuring how often the unit fires on them (the
-Activation Rate); CoSy (Kopf et al., NeurIPS 2024) scores an explanation by
+Activation Rate); CoSy (Kopf et al., "CoSy: Evaluating Textual Explanations
+of Neurons", NeurIPS 2024) scores an explanation by
 how well the unit's activation separates such generated images from probe
 images. Both need a text-to-image model; the backends here are
 
@@ -28,18 +29,22 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from typing import Any
 
 import numpy as np
 
-from ..errors import FormulaSyntaxError, InputError
+from ..errors import BackendUnavailable, FormulaSyntaxError, InputError
 from ..probe import SyntheticWorld
 from ..rules.formula import parse
 from ._vlm import silence_loggers  # diffusers and transformers log while loading, as open_clip does
 
-__all__ = ["GENERATOR_CHOICES", "DiffusersGenerator", "Generator", "SyntheticGenerator", "build_tiny_pipeline",
-           "load_generator"]
+__all__ = ["COSY_TEMPLATE", "GENERATOR_CHOICES", "DiffusersGenerator", "Generator", "SyntheticGenerator",
+           "build_tiny_pipeline", "load_generator"]
 
+#: The generator specs :func:`load_generator` accepts.
 GENERATOR_CHOICES = ("synthetic", "diffusers:DIR")
+#: CoSy's prompt template for text-to-image models (Kopf et al., "CoSy: Evaluating Textual
+#: Explanations of Neurons", NeurIPS 2024).
 COSY_TEMPLATE = "realistic photo of a close up of {}"
 
 
@@ -63,7 +68,8 @@ class Generator:
         return self.prompt_template.format(prompt)
 
     def describe(self) -> dict:
-        """Everything that determines the images besides (prompt, n, seed): a JSON-able dict, for cache keys."""
+        """Everything that determines the images besides (prompt, n, seed): a JSON-able dict, for cache
+        keys."""
         return {"name": self.name, "prompt_template": self.prompt_template}
 
     def generate(self, prompt: str, n: int, seed: int = 0) -> np.ndarray:
@@ -79,7 +85,8 @@ class Generator:
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"generator {self.name}: prompt must be a non-empty string, got {prompt!r}")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InputError(f"generator {self.name}: n (number of images) must be an integer >= 1, got {n!r}")
+            raise InputError(f"generator {self.name}: n (number of images) must be an integer >= 1, "
+                             f"got {n!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise InputError(f"generator {self.name}: seed must be an integer >= 0, got {seed!r}")
         return int(n)
@@ -113,38 +120,45 @@ class SyntheticGenerator(Generator):
     """The synthetic world's renderer as a text-to-image model (the default backend).
 
     A prompt is a concept name of the world (``red``, ``circle``, ``beach``) or
-    a formula over them in :mod:`neurcore.formula` syntax (``(red AND circle)``,
+    a formula over them in :mod:`neurcore.rules.formula` syntax (``(red AND circle)``,
     ``(water AND NOT blue)``); every image contains it on at least 1% of its
     pixels (:meth:`SyntheticWorld.render`). ``world`` defaults to a
-    ``SyntheticWorld(size=size, seed=seed)``; a given world keeps its own size
+    ``SyntheticWorld(size=size, seed=seed)`` (size in pixels); a given world keeps its own size
     and seed. Under 1 ms per image at 64 px (50 images in about 0.03 s).
+
+    close_up: like CoSy's "a close up of {}" prompt, zoom each image onto the prompt's region: the
+    square around the bounding box of the formula's mask, at least ``close_up`` (a fraction in
+    (0, 1]) of the side, or, for a formula without shapes whose mask is larger, the square of that
+    side holding most of it; resized back (nearest neighbour). None draws whole scenes.
     """
 
     prompt_template = "{}"
 
-    def __init__(self, world=None, size: int = 64, seed: int = 0, close_up: float | None = 0.5):
-        """close_up: like CoSy's "a close up of {}" prompt, zoom each image onto the prompt's region: the
-        square around the bounding box of the formula's mask, at least ``close_up`` of the side, or, for
-        a formula without shapes whose mask is larger, the square of that side holding most of it;
-        resized back (nearest neighbour). None draws whole scenes."""
+    def __init__(self, world: SyntheticWorld | None = None, size: int = 64, seed: int = 0,
+                 close_up: float | None = 0.5):
         if close_up is not None and not 0 < close_up <= 1:
-            raise InputError(f"SyntheticGenerator: close_up must lie in (0, 1] or be None, got {close_up}")
+            raise InputError(f"SyntheticGenerator: close_up must lie in (0, 1] or be None, "
+                             f"got {close_up}")
         self.close_up = close_up
 
         if world is None:
             world = SyntheticWorld(n_images=1, size=size, seed=seed)
         elif not isinstance(world, SyntheticWorld):
-            raise InputError(f"SyntheticGenerator: world must be a SyntheticWorld, got {type(world).__name__}")
+            raise InputError(f"SyntheticGenerator: world must be a SyntheticWorld, "
+                             f"got {type(world).__name__}")
         self.world = world
         self.name = "synthetic"
 
     @property
     def concept_names(self) -> list[str]:
+        """The concepts this generator can draw (and combine in formulas): the world's concept names."""
         return list(self.world.concept_names)
 
     def describe(self) -> dict:
+        """:meth:`Generator.describe` plus the world's image size and seed and the close-up framing."""
         return {**super().describe(), "size": self.world.size, "world_seed": self.world.seed,
-                "close_up": self.close_up, "close_up_frame": "shapes whole, other regions filling the frame"}
+                "close_up": self.close_up,
+                "close_up_frame": "shapes whole, other regions filling the frame"}
 
     def generate_with_maps(self, prompt: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(images uint8 [n, s, s, 3], concept_maps bool [n, n_concepts, s, s]): the images and the
@@ -236,16 +250,20 @@ def _window_sums(mask: np.ndarray, w: int) -> np.ndarray:
 class DiffusersGenerator(Generator):
     """A diffusers text-to-image pipeline saved in a local directory (nothing is downloaded).
 
+    path: the pipeline's directory (``DiffusionPipeline.save_pretrained``, with ``model_index.json``).
     prompt_template: CoSy's "realistic photo of a close up of {}" by default. num_inference_steps,
-    guidance_scale, image_size (pixels, square): None keeps the pipeline's own defaults. Image ``i``
-    of a call is drawn from its own ``torch.Generator`` seeded by (seed, i), so it does not depend
-    on ``n`` or ``batch_size``. A safety checker, if the pipeline has one, is switched off unless
-    ``safety_checker=True`` (it blacks out images, which would skew every score).
+    guidance_scale, image_size (pixels, square): None keeps the pipeline's own defaults. device:
+    where the pipeline runs; batch_size: images per pipeline call. Image ``i`` of a call is drawn
+    from its own ``torch.Generator`` seeded by (seed, i), so it does not depend on ``n`` or
+    ``batch_size``. A safety checker, if the pipeline has one, is switched off unless
+    ``safety_checker=True`` (it blacks out images, which would skew every score). progress: the
+    pipeline's progress bars. Needs the optional package diffusers (BackendUnavailable without it).
     """
 
-    def __init__(self, path: str, prompt_template: str = COSY_TEMPLATE, num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None, image_size: int | None = None, device: str = "cpu",
-                 batch_size: int = 8, safety_checker: bool = False, progress: bool = False):
+    def __init__(self, path: str, prompt_template: str = COSY_TEMPLATE,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 image_size: int | None = None, device: str = "cpu", batch_size: int = 8,
+                 safety_checker: bool = False, progress: bool = False):
         if prompt_template.count("{}") != 1:
             raise InputError(f"prompt_template must contain exactly one {{}}, got {prompt_template!r}")
         path = os.path.abspath(path)
@@ -253,19 +271,21 @@ class DiffusersGenerator(Generator):
             raise InputError(f"generator diffusers:{path}: no such directory")
         index = os.path.join(path, "model_index.json")
         if not os.path.isfile(index):
-            raise InputError(f"generator diffusers:{path}: not a diffusers pipeline directory (no model_index.json)")
+            raise InputError(f"generator diffusers:{path}: not a diffusers pipeline directory "
+                             f"(no model_index.json)")
         try:
             with open(index) as f:
                 meta = json.load(f)
             if not isinstance(meta, dict) or "_class_name" not in meta:
                 raise ValueError("no _class_name")
         except (OSError, ValueError) as e:
-            raise InputError(f"generator diffusers:{path}: model_index.json is not a diffusers pipeline index "
-                             f"({e})") from None
+            raise InputError(f"generator diffusers:{path}: model_index.json is not a diffusers pipeline "
+                             f"index ({e})") from None
         try:
             import diffusers
         except ImportError:
-            raise InputError("the diffusers generator needs diffusers: pip install 'neurcore[vision]'") from None
+            raise BackendUnavailable("the diffusers generator needs diffusers: "
+                                     "pip install 'neurcore[vision]'") from None
         kwargs = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
         if "safety_checker" not in meta:
             kwargs = {}
@@ -281,10 +301,12 @@ class DiffusersGenerator(Generator):
         self.path, self.device = path, device
         self.name = f"diffusers:{path}"
         self.prompt_template = prompt_template
-        self.num_inference_steps, self.guidance_scale, self.image_size = num_inference_steps, guidance_scale, image_size
+        self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
+        self.image_size = image_size
         self.batch_size = max(1, int(batch_size))
 
     def describe(self) -> dict:
+        """:meth:`Generator.describe` plus the pipeline's directory and its sampling settings."""
         return {**super().describe(), "path": self.path, "num_inference_steps": self.num_inference_steps,
                 "guidance_scale": self.guidance_scale, "image_size": self.image_size}
 
@@ -302,7 +324,8 @@ class DiffusersGenerator(Generator):
         out = []
         for s in range(0, n, self.batch_size):
             k = min(self.batch_size, n - s)
-            gens = [torch.Generator(device=self.device).manual_seed(int(seed) * 1_000_003 + s + i) for i in range(k)]
+            gens = [torch.Generator(device=self.device).manual_seed(int(seed) * 1_000_003 + s + i)
+                    for i in range(k)]
             with torch.no_grad():
                 images = self.pipeline(prompt=text, num_images_per_prompt=k, generator=gens, **kwargs).images
             images = np.asarray(images)
@@ -319,7 +342,9 @@ class DiffusersGenerator(Generator):
 def build_tiny_pipeline(path: str, seed: int = 0, image_size: int = 32) -> str:
     """A tiny randomly initialised Stable Diffusion pipeline saved to ``path`` (offline: a UNet with
     cross-attention, a VAE, a 2-layer CLIP text encoder and a CLIP tokenizer over a small vocabulary
-    written here, a DDIM scheduler), so that the real diffusers code runs in tests. Returns ``path``."""
+    written here, a DDIM scheduler), so that the real diffusers code runs in tests. Weights drawn
+    with ``seed``; images of ``image_size`` pixels (square). Needs diffusers and transformers.
+    Returns ``path``."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -341,8 +366,9 @@ def build_tiny_pipeline(path: str, seed: int = 0, image_size: int = 32) -> str:
         tokenizer = CLIPTokenizer(os.path.join(tok_dir, "vocab.json"), os.path.join(tok_dir, "merges.txt"),
                                   model_max_length=32, pad_token="!")
         text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32,
-                                            bos_token_id=0, eos_token_id=1, pad_token_id=2))
+                                            num_hidden_layers=2, num_attention_heads=2,
+                                            max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                                            pad_token_id=2))
         latent = image_size // 2
         unet = UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, layers_per_block=1,
                                     block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
@@ -355,8 +381,9 @@ def build_tiny_pipeline(path: str, seed: int = 0, image_size: int = 32) -> str:
                             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"))
         scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                   clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     with silence_loggers():
         pipe.save_pretrained(path)
     import shutil
@@ -365,9 +392,10 @@ def build_tiny_pipeline(path: str, seed: int = 0, image_size: int = 32) -> str:
     return path
 
 
-def load_generator(spec="synthetic", world=None, **options) -> Generator:
-    """``synthetic`` (the world's renderer; ``world`` is the probe's) or ``diffusers:DIR``; ``options`` go to
-    the backend's constructor."""
+def load_generator(spec: str = "synthetic", world: SyntheticWorld | None = None, **options: Any) -> Generator:
+    """The generator of a spec string: ``synthetic`` (the world's renderer, :class:`SyntheticGenerator`;
+    ``world`` is the probe's) or ``diffusers:DIR`` (:class:`DiffusersGenerator`); ``options`` go to
+    the backend's constructor. Another spec is an InputError naming :data:`GENERATOR_CHOICES`."""
     if spec == "synthetic":
         return SyntheticGenerator(world=world, **options)
     if isinstance(spec, str) and spec.startswith("diffusers:") and spec[len("diffusers:"):]:

@@ -1,6 +1,7 @@
 """LinEx: linear explanations of units as weighted sums of concept probabilities (Oikarinen & Weng,
-ICML 2024; repo Trustworthy-ML-Lab/Linear-Explanations: ``explain_neurons.py``,
-``linear_explanation.py``, ``data_utils.py``, ``glm_saga/elasticnet.py``).
+"Linear Explanations for Individual Neurons", ICML 2024; the anchor is its repository
+Trustworthy-ML-Lab/Linear-Explanations: ``explain_neurons.py``, ``linear_explanation.py``,
+``data_utils.py``, ``glm_saga/elasticnet.py``).
 
 Inputs are plain arrays: concept probabilities P [n_images, n_concepts] in [0, 1] (from a
 vision-language model, :func:`concept_probabilities`, or one-hot labels) and unit activations
@@ -20,11 +21,12 @@ The algorithm, as the anchor runs it:
    with an unpenalized intercept. We solve it exactly by coordinate descent (``sklearn.enet_path``)
    with the Gram matrix computed once for all units: 9-150x faster here than GLM-SAGA (PyPI
    glm-saga 0.1.2) with the anchor's settings (batch 512, 500 epochs, step 5e-4, lookbehind 5), which
-   also stops far from the optimum (objective 0.49 vs 0.18-0.22; benchmarks/bench_label.py). The anchor ranks concepts by the signed weight,
-   descending (``torch.sort(weight, descending=True)``), which puts every negative weight behind all
-   zero ones; ``ranking="abs"`` (the default) ranks by |weight| so that units with negative
-   concepts get them, ``ranking="signed"`` is the anchor's order. Ties (zero weights) are broken by the
-   concept's inner product with the unit (|.| for "abs"), then by concept order.
+   also stops far from the optimum (objective 0.49 vs 0.18-0.22; benchmarks/bench_label.py). The
+   anchor ranks concepts by the signed weight, descending (``torch.sort(weight, descending=True)``),
+   which puts every negative weight behind all zero ones; ``ranking="abs"`` (the default) ranks by
+   |weight| so that units with negative concepts get them, ``ranking="signed"`` is the anchor's
+   order. Ties (zero weights) are broken by the concept's inner product with the unit (|.| for
+   "abs"), then by concept order.
 4. Greedy search (``greedy_search``): at each step, the candidates are the first ``candidates``
    ranked concepts neither selected nor rejected; each is tried with the selected ones in a linear
    model refit on the train split on the original P scale (weights in activation units per unit of
@@ -56,7 +58,7 @@ import numpy as np
 from .._io import atomic_open
 from ..errors import InputError
 from ..results import Explanation
-from ._checks import check_names, concept_matrix, finite_2d, unit_indices, unit_rows
+from ._checks import UnitIndices, check_names, concept_matrix, finite_2d, unit_indices, unit_rows
 
 __all__ = [
     "LinEx",
@@ -78,7 +80,8 @@ def concept_probabilities(image_emb: np.ndarray, text_emb: np.ndarray, a: float,
     """P(c|x) = sigmoid(a * (cos(image, text) + b)) -> float32 [n_images, n_concepts].
 
     image_emb [n, D], text_emb [C, D]; both are L2-normalized here (as the anchor's ``get_clip_feats``).
-    a, b: the VLM's calibration constants (SPEC.md: ViT-L-16-SigLIP-384 a = 60, b = -0.09).
+    a, b: the VLM's calibration constants, finite; LinEx's published ones are in
+    :data:`~neurcore.labels.CALIBRATION` (ViT-L-16-SigLIP-384: a = 60, b = -0.09).
     """
     img = finite_2d(image_emb, "image_emb")
     txt = finite_2d(text_emb, "text_emb")
@@ -91,30 +94,38 @@ def concept_probabilities(image_emb: np.ndarray, text_emb: np.ndarray, a: float,
     return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)    # sigmoid without overflow
 
 
-def split_indices(n_images: int, split: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0):
-    """Random train/val/test rows (sorted int64 arrays) as the anchor's split, by ``seed``.
+def split_indices(n_images: int, split: Sequence[float] = (0.7, 0.1, 0.2),
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random (train, val, test) image rows, each a sorted int64 array, as the anchor's split, by ``seed``.
 
-    A random permutation of the images; train = the first floor(f_train n), val up to
-    floor((f_train + f_val) n), test the rest.
+    split: the (train, val, test) fractions, >= 0, summing to 1. A random permutation of the images;
+    train = the first floor(f_train n), val up to floor((f_train + f_val) n), test the rest. An
+    InputError when fewer than 3 train or 2 val images are left.
     """
     fr = np.asarray(split, dtype=np.float64)
     if fr.shape != (3,) or np.any(fr < 0) or abs(fr.sum() - 1.0) > 1e-6:
-        raise InputError(f"split must be three fractions (train, val, test) >= 0 that sum to 1, got {split!r}")
+        raise InputError(f"split must be three fractions (train, val, test) >= 0 that sum to 1, "
+                         f"got {split!r}")
     cut = np.floor(np.cumsum(fr)[:2] * n_images + 1e-9).astype(np.int64)
     perm = np.random.default_rng(seed).permutation(n_images)
     train, val, test = np.sort(perm[:cut[0]]), np.sort(perm[cut[0]:cut[1]]), np.sort(perm[cut[1]:])
     if len(train) < 3 or len(val) < 2:
-        raise InputError(f"split {tuple(split)} of {n_images} images leaves {len(train)} train and {len(val)} "
-                         f"val images; LinEx needs >= 3 and >= 2")
+        raise InputError(f"split {tuple(split)} of {n_images} images leaves {len(train)} train and "
+                         f"{len(val)} val images; LinEx needs >= 3 and >= 2")
     return train, val, test
 
 
 class LinEx:
     """LinEx over a fixed probe: ``LinEx(P, names).explain(unit_acts)``.
 
-    P: float [n_images, n_concepts], concept probabilities in [0, 1]. names: the n_concepts names
-    (unique, non-empty). The anchor's concept filter runs here: :attr:`kept` are the indices of the
-    concepts that pass it.
+    Oikarinen & Weng, "Linear Explanations for Individual Neurons", ICML 2024; the module doc gives
+    the algorithm and where it differs from the paper's code.
+
+    P: float [n_images, n_concepts], concept probabilities in [0, 1] (>= 5 images, >= 1 concept),
+    e.g. :func:`concept_probabilities`. Kept as ``self.P``.
+    names: the n_concepts names (unique, non-empty), in column order. Kept as ``self.names``.
+    The anchor's concept filter runs here: ``self.kept`` (int64 [k]) are the indices of the concepts
+    that pass it (mean of the 5 largest P >= 0.5 and standard deviation >= 1e-5).
     """
 
     def __init__(self, P: np.ndarray, names: Sequence[str]):
@@ -132,11 +143,13 @@ class LinEx:
 
     @property
     def n_images(self) -> int:
+        """The number of probe images, the rows of ``P`` and of every ``unit_acts``."""
         return self.P.shape[0]
 
-    def explain(self, unit_acts: np.ndarray, *, lam: float = 0.05, alpha: float = 0.99, max_concepts: int = 10,
-                min_gain: float = 0.02, candidates: int = 10, split: Sequence[float] = (0.7, 0.1, 0.2),
-                seed: int = 0, ranking: str = "abs", layer: str | None = None, units=None,
+    def explain(self, unit_acts: np.ndarray, *, lam: float = 0.05, alpha: float = 0.99,
+                max_concepts: int = 10, min_gain: float = 0.02, candidates: int = 10,
+                split: Sequence[float] = (0.7, 0.1, 0.2),
+                seed: int = 0, ranking: str = "abs", layer: str | None = None, units: UnitIndices = None,
                 tol: float = 1e-6) -> list[Explanation]:
         """One Explanation per unit: ``formula`` "0.83*sky + 0.41*red - 0.30*room", ``metrics["val_r"]``,
         ``extra`` concepts, weights (activation per unit of P, largest first), bias, split, split_seed.
@@ -144,8 +157,10 @@ class LinEx:
         unit_acts: float [n_images, n_units]. lam, alpha: the elastic net's strength and L1 share.
         max_concepts, min_gain, candidates: the greedy search's length limit, minimum gain in val r and
         window. split, seed: :func:`split_indices`. ranking: "abs" or "signed" (the anchor's; see the
-        module doc). units: indices of the units to explain (default all). tol: coordinate-descent
-        tolerance (scikit-learn's duality-gap criterion).
+        module doc). layer: the layer name recorded in each Explanation. units: indices of the units
+        to explain (default all). tol: coordinate-descent tolerance (scikit-learn's duality-gap criterion).
+        A unit with constant activation, or any unit when no concept passes the filter, gets
+        ``formula`` None and the reason in ``extra["reason"]``.
         """
         acts = finite_2d(unit_acts, "unit_acts")
         if acts.shape[0] != self.n_images:
@@ -173,15 +188,15 @@ class LinEx:
             extra = {"split": [float(f) for f in split], "split_seed": int(seed), "ranking": ranking}
             i = where.get(col)
             if i is None:
-                out.append(Explanation(unit=int(u), method="linex", formula=None, iou=0.0, length=0, layer=layer,
-                                       metrics={"val_r": 0.0},
+                reason = ("constant activation" if self.kept.size else
+                          "no concept passes LinEx's filter (top-5 mean P >= 0.5, std >= 1e-5)")
+                out.append(Explanation(unit=int(u), method="linex", formula=None, iou=0.0, length=0,
+                                       layer=layer, metrics={"val_r": 0.0},
                                        extra={"concepts": [], "weights": [], "bias": float(Y[:, col].mean()),
-                                              "reason": "constant activation" if self.kept.size else
-                                              "no concept passes LinEx's filter (top-5 mean P >= 0.5, std >= 1e-5)",
-                                              **extra}))
+                                              "reason": reason, **extra}))
                 continue
             k = int((sel[i] >= 0).sum())
-            order = np.argsort(-weights[i, :k], kind="stable")         # the anchor's table: largest weight first
+            order = np.argsort(-weights[i, :k], kind="stable")  # the anchor's table: largest weight first
             cons = [self.names[int(self.kept[sel[i, j]])] for j in order]
             ws = [float(weights[i, j]) for j in order]
             out.append(Explanation(unit=int(u), method="linex", formula=format_linear(cons, ws), iou=0.0,
@@ -201,7 +216,8 @@ def _zscore_train(X: np.ndarray) -> np.ndarray:
 
 
 def _enet_weights(Xz: np.ndarray, Yz: np.ndarray, lam: float, alpha: float, tol: float):
-    """Elastic-net weights [C, U] at lam / max(alpha, 0.001), l1_ratio alpha (intercept free) and X^T y_c [C, U]."""
+    """Elastic-net weights [C, U] at lam / max(alpha, 0.001), l1_ratio alpha (intercept free) and
+    X^T y_c [C, U]."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import enet_path
 
@@ -215,9 +231,9 @@ def _enet_weights(Xz: np.ndarray, Yz: np.ndarray, lam: float, alpha: float, tol:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for u in range(Yz.shape[1]):
-            _, coefs, _ = enet_path(Xf, YcT[u], l1_ratio=alpha, alphas=[lam / max(alpha, 1e-3)], precompute=gram,
-                                    Xy=XyT[u] if gram is not False else None, check_input=False, tol=tol,
-                                    max_iter=10000)
+            _, coefs, _ = enet_path(Xf, YcT[u], l1_ratio=alpha, alphas=[lam / max(alpha, 1e-3)],
+                                    precompute=gram, Xy=XyT[u] if gram is not False else None,
+                                    check_input=False, tol=tol, max_iter=10000)
             W[:, u] = coefs[:, 0]
     return W, XyT.T
 
@@ -280,9 +296,9 @@ def _greedy_batch(P, Y, train, val, ranked, max_concepts, min_gain, candidates):
         a = np.flatnonzero(active)
         if a.size == 0:
             break
-        pos = np.argsort(~window[a], axis=1, kind="stable")[:, :candidates]      # window positions, in rank order
-        valid = np.take_along_axis(window[a], pos, axis=1)                       # [A, W]
-        cand = np.take_along_axis(ranked[a], pos, axis=1)                        # concept (local) per candidate
+        pos = np.argsort(~window[a], axis=1, kind="stable")[:, :candidates]  # window positions, in rank order
+        valid = np.take_along_axis(window[a], pos, axis=1)                   # [A, W]
+        cand = np.take_along_axis(ranked[a], pos, axis=1)                    # concept (local) per candidate
         A, Wn = cand.shape
         idx = np.concatenate([np.broadcast_to(sel[a, None, :step], (A, Wn, step)), cand[:, :, None]], axis=2)
         w = _solve(G[idx[..., :, None], idx[..., None, :]], B[idx, a[:, None, None]])   # [A, W, k]
@@ -291,9 +307,11 @@ def _greedy_batch(P, Y, train, val, ranked, max_concepts, min_gain, candidates):
         step_a = max(1, _PREDICTION_BUDGET // (8 * Wn * (step + 1) * XvT.shape[1]))
         for c in range(0, A, step_a):
             part = slice(c, c + step_a)
-            pred = np.matmul(w[part, :, None, :], XvT[idx[part]])[:, :, 0, :] + b[part, :, None]  # [a, W, n_val]
+            # predictions on the val split [a, W, n_val]
+            pred = np.matmul(w[part, :, None, :], XvT[idx[part]])[:, :, 0, :] + b[part, :, None]
             m = pred.shape[0]
-            r[part] = pearson_columns(pred.reshape(m * Wn, -1).T, np.repeat(Yv[:, a[part]], Wn, axis=1)).reshape(m, Wn)
+            r[part] = pearson_columns(pred.reshape(m * Wn, -1).T,
+                                      np.repeat(Yv[:, a[part]], Wn, axis=1)).reshape(m, Wn)
         r = np.where(valid, r, -np.inf)
         if step == 0:
             ok = valid
@@ -337,8 +355,8 @@ def _solve(G: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def pearson_columns(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Pearson r between matching columns of X and Y ([n, k] each) -> [k]; 0 where either is constant
-    (spread <= 1e-12 of its magnitude)."""
+    """Pearson r between matching columns of X and Y ([n, k] each) -> float64 [k]; 0 where either is
+    constant (spread <= 1e-12 of its magnitude)."""
     X = np.asarray(X, np.float64)
     Y = np.asarray(Y, np.float64)
     xc = X - X.mean(axis=0)
@@ -346,19 +364,22 @@ def pearson_columns(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     sx = np.sqrt((xc * xc).sum(axis=0))
     sy = np.sqrt((yc * yc).sum(axis=0))
     n = np.sqrt(X.shape[0])
-    const = (sx <= 1e-12 * n * np.abs(X).max(axis=0, initial=0.0)) | (sy <= 1e-12 * n * np.abs(Y).max(axis=0, initial=0.0))
+    const = ((sx <= 1e-12 * n * np.abs(X).max(axis=0, initial=0.0))
+             | (sy <= 1e-12 * n * np.abs(Y).max(axis=0, initial=0.0)))
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (xc * yc).sum(axis=0) / (sx * sy)
     return np.where(const, 0.0, np.clip(r, -1.0, 1.0))
 
 
-def simulation_r(explanations: Sequence[Explanation], P2: np.ndarray, names2: Sequence[str], unit_acts: np.ndarray,
-                 rows) -> np.ndarray:
-    """LinEx's simulation score: per explanation (in order), the Pearson r on ``rows`` (the test split)
-    between sum_k w_k P2(c_k|x) + bias and the activation of its unit (column ``unit`` of unit_acts).
+def simulation_r(explanations: Sequence[Explanation], P2: np.ndarray, names2: Sequence[str],
+                 unit_acts: np.ndarray, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    """LinEx's simulation score, float64 [len(explanations)]: per explanation (in order), the Pearson r
+    on ``rows`` (the test split) between sum_k w_k P2(c_k|x) + bias and the activation of its unit
+    (column ``unit`` of unit_acts [n_images, n_units]).
 
-    P2 [n_images, C2]: concept probabilities from another VLM, names2 its concept names. A constant
-    prediction (an explanation without concepts) or a constant activation gives r = 0.
+    P2 [n_images, C2]: concept probabilities from another VLM, names2 its concept names. rows: >= 2
+    image indices. A constant prediction (an explanation without concepts) or a constant activation
+    gives r = 0.
     """
     P2, col, acts, rows = _sim_inputs(P2, names2, unit_acts, rows)
     used = sorted({c for e in explanations for c in e.extra.get("concepts", [])})
@@ -382,11 +403,12 @@ def simulation_r(explanations: Sequence[Explanation], P2: np.ndarray, names2: Se
     return pearson_columns(pred, acts[rows][:, units])
 
 
-def label_simulation_r(labels: Sequence[str | None], P2: np.ndarray, names2: Sequence[str], unit_acts: np.ndarray,
-                       rows) -> np.ndarray:
-    """Simulation score of one-concept labels (Network Dissection, CLIP-Dissect): per unit (column of
-    unit_acts, len(labels) == n_units), the Pearson r on ``rows`` between P2(label|x) and the activation.
-    A None label, a constant P2 column or a constant activation gives r = 0."""
+def label_simulation_r(labels: Sequence[str | None], P2: np.ndarray, names2: Sequence[str],
+                       unit_acts: np.ndarray, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Simulation score of one-concept labels (Network Dissection, CLIP-Dissect), float64 [n_units]:
+    per unit (column of unit_acts [n_images, n_units], len(labels) == n_units), the Pearson r on
+    ``rows`` between P2(label|x) and the activation. P2 [n_images, C2] and names2 as in
+    :func:`simulation_r`. A None label, a constant P2 column or a constant activation gives r = 0."""
     P2, col, acts, rows = _sim_inputs(P2, names2, unit_acts, rows)
     labels = list(labels)
     if len(labels) != acts.shape[1]:
@@ -449,7 +471,8 @@ def _sim_inputs(P2, names2, unit_acts, rows):
         raise InputError(f"unit_acts has {acts.shape[0]} image rows but P2 has {P2.shape[0]}")
     rows = np.asarray(rows)
     if rows.ndim != 1 or rows.size < 2 or not np.issubdtype(rows.dtype, np.integer):
-        raise InputError(f"rows must be a 1-d array of >= 2 image indices, got shape {rows.shape}, dtype {rows.dtype}")
+        raise InputError(f"rows must be a 1-d array of >= 2 image indices, got shape {rows.shape}, "
+                         f"dtype {rows.dtype}")
     if rows.min() < 0 or rows.max() >= P2.shape[0]:
         raise InputError(f"rows: index outside the {P2.shape[0]} images")
     return P2, {n: i for i, n in enumerate(names2)}, acts, rows

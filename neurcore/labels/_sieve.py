@@ -1,5 +1,5 @@
-"""SIEVE: select, hypothesize, verify ("Select, Hypothesize and Verify: Towards Verified Neuron Concept
-Interpretation").
+"""SIEVE: select, hypothesize, verify ("Select, Hypothesize and Verify: Towards Verified Neuron
+Concept Interpretation").
 
 - **Select**: a unit is well-defined when the ratio of the 99th percentile to
   the median of its per-image activations exceeds ``tau`` (the paper's main
@@ -24,6 +24,8 @@ leaves a value open (the crop size, k) the choice is a documented parameter.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,7 +33,11 @@ from ..activations import unit_scores
 from ..clustering import ward_silhouette
 from ..errors import InputError
 from ..results import Explanation, read_jsonl, write_jsonl
-from ._verify import mean_activation_rate_filtered
+from ._verify import Verifier, mean_activation_rate_filtered
+from ._vlm import VisionLanguageModel
+
+if TYPE_CHECKING:
+    from ..probe import Probe
 
 __all__ = ["Sieve", "peak_crop_boxes", "selection_ratio", "top_samples"]
 
@@ -78,12 +84,17 @@ def peak_crop_boxes(maps: np.ndarray, image_size: tuple[int, int], fraction: flo
 class Sieve:
     """SIEVE over one layer: ``Sieve(vlm, vocabulary, verifier).explain(acts, probe, ...)``.
 
-    vlm: a :class:`neurcore.vlm.VisionLanguageModel` (crops are embedded with it).
-    vocabulary: concept phrases; text_emb: their embeddings [C, D] (computed when None).
-    verifier: a :class:`neurcore.verify.Verifier` for the layer, or None to stop after hypothesizing.
+    "Select, Hypothesize and Verify: Towards Verified Neuron Concept Interpretation"; the module
+    doc gives the three steps and the values the paper leaves open.
+
+    vlm: a :class:`~neurcore.labels.VisionLanguageModel` (crops are embedded with it).
+    vocabulary: concept phrases (not empty); text_emb: their embeddings [C, D] (computed with
+    ``vlm`` when None).
+    verifier: a :class:`~neurcore.labels.Verifier` for the layer, or None to stop after hypothesizing.
     """
 
-    def __init__(self, vlm, vocabulary, verifier=None, *, text_emb: np.ndarray | None = None):
+    def __init__(self, vlm: VisionLanguageModel, vocabulary: Iterable[str], verifier: Verifier | None = None,
+                 *, text_emb: np.ndarray | None = None):
         self.vlm = vlm
         self.vocabulary = list(vocabulary)
         if not self.vocabulary:
@@ -91,13 +102,14 @@ class Sieve:
         self.text_emb = np.asarray(text_emb if text_emb is not None else vlm.encode_text(self.vocabulary),
                                    dtype=np.float32)
         if self.text_emb.shape[0] != len(self.vocabulary):
-            raise InputError(f"SIEVE: {self.text_emb.shape[0]} text embeddings for {len(self.vocabulary)} phrases")
+            raise InputError(f"SIEVE: {self.text_emb.shape[0]} text embeddings for {len(self.vocabulary)} "
+                             f"phrases")
         self.verifier = verifier
 
     def hypothesize(self, crops: np.ndarray, *, max_k: int = 5, top_k: int = 3) -> list[dict]:
-        """Hypotheses from one unit's crops uint8 [n, S, S, 3]: per cluster (Ward, k by silhouette)
-        its top ``top_k`` concepts by mean cosine, as dicts {concept, cluster, size, score}, one per
-        distinct concept (kept from the cluster that scores it highest), best score first."""
+        """Hypotheses from one unit's crops uint8 [n, S, S, 3]: per cluster (Ward, k <= ``max_k`` by
+        silhouette) its top ``top_k`` concepts by mean cosine, as dicts {concept, cluster, size, score},
+        one per distinct concept (kept from the cluster that scores it highest), best score first."""
         emb = np.asarray(self.vlm.encode_image(crops), dtype=np.float32)
         labels, k = ward_silhouette(emb, max_k)
         sims = emb @ self.text_emb.T  # [n, C]
@@ -112,19 +124,27 @@ class Sieve:
                     best[name] = h
         return sorted(best.values(), key=lambda h: -h["score"])
 
-    def explain(self, acts: np.ndarray, probe, *, scores: np.ndarray | None = None, tau: float = 10.0,
-                top_n: int = 20, crop: float = 0.5, max_k: int = 5, top_k: int = 3, units=None,
-                layer: str | None = None, parts_dir: str | None = None, progress: bool = False) -> list[Explanation]:
-        """Explain units of a layer. acts: maps [n_images, U, h, w] (a memmap is fine); scores: per-image
-        activations [n_images, U] (default: the spatial mean of acts); probe: the images (``probe.images``).
-        Units are selected by ``tau``; unselected units get ``formula=None`` and their ratio.
+    def explain(self, acts: np.ndarray, probe: Probe, *, scores: np.ndarray | None = None, tau: float = 10.0,
+                top_n: int = 20, crop: float = 0.5, max_k: int = 5, top_k: int = 3,
+                units: Sequence[int] | None = None, layer: str | None = None, parts_dir: str | None = None,
+                progress: bool = False) -> list[Explanation]:
+        """Explain units of a layer, one Explanation per unit in ``units`` (default all), in order.
+
+        acts: maps [n_images, U, h, w] (a memmap is fine); scores: per-image activations
+        [n_images, U] (default: the spatial mean of acts); probe: the images (``probe.images``).
+        Units are selected by ``tau`` (:func:`selection_ratio`); unselected units get
+        ``formula=None`` and their ratio. top_n: top images per unit; crop: the crops' side as a
+        fraction of the image's shorter side (:func:`peak_crop_boxes`); max_k, top_k: as
+        :meth:`hypothesize`. layer: the layer name recorded in each Explanation.
         parts_dir: where each unit's result is written as soon as it is known (a rerun reuses them, so
-        an interrupted run does not redo verified hypotheses). The global mean-AR filter runs last."""
+        an interrupted run does not redo verified hypotheses). The global mean-AR filter runs last.
+        """
         from tqdm import tqdm
 
         acts = np.asarray(acts)  # a memmap stays on disk: asarray makes a view, not a copy
         if acts.ndim != 4:
-            raise InputError(f"SIEVE: activations must be maps [n_images, units, h, w], got shape {acts.shape}")
+            raise InputError(f"SIEVE: activations must be maps [n_images, units, h, w], "
+                             f"got shape {acts.shape}")
         if scores is None:
             scores = unit_scores(acts)
         if scores.shape != acts.shape[:2]:
@@ -149,7 +169,8 @@ class Sieve:
         _filter_by_mean(out)
         return out
 
-    def _explain_unit(self, u, acts, probe, scores, ratio, top, tau, crop, max_k, top_k, layer) -> Explanation:
+    def _explain_unit(self, u, acts, probe, scores, ratio, top, tau, crop, max_k, top_k,
+                      layer) -> Explanation:
         selected = bool(ratio > tau)
         extra = {"ratio": float(ratio) if np.isfinite(ratio) else "inf", "selected": selected,
                  "top_samples": [int(i) for i in top]}

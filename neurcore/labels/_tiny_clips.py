@@ -16,6 +16,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,25 +27,31 @@ from ..probe.captions import Captioner
 from ._vlm import OpenClipVLM, VisionLanguageModel, concept_prompt
 from ._vlm_quality import CALIBRATION_SEED, fit_calibration
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["TINY_CLIPS", "DEFAULT_VLMS", "TinyClip", "load_vlm", "tiny_clip", "train_tiny_clip"]
+
 
 @dataclass(frozen=True)
 class TinyClip:
     """An embedded tiny CLIP: its open_clip config, cache file and seeds."""
 
-    config: str         # open_clip config name (neurcore/vlm_configs/<config>.json)
-    file: str           # cache file under models.cache_dir()
+    config: str         # open_clip config name (neurcore/labels/vlm_configs/<config>.json)
+    file: str           # cache file under neurcore._io.cache_dir()
     world_seed: int     # synthetic world of its training images
     seed: int           # weight initialisation, crops and caption draws
     steps: int          # optimizer steps (TRAIN_BATCH crops each): about 2.5 minutes on 2 CPU cores
 
 
 TINY_CLIPS = {
-    "resnet": TinyClip("neurcore-tiny-resnet", "tiny-clip-resnet-v1.pt", world_seed=5202, seed=22, steps=600),
+    "resnet": TinyClip("neurcore-tiny-resnet", "tiny-clip-resnet-v1.pt", world_seed=5202, seed=22,
+                       steps=600),
     "vit": TinyClip("neurcore-tiny-vit", "tiny-clip-vit-v1.pt", world_seed=5101, seed=11, steps=1000),
 }
 #: ``default`` is the better of the two (ModifiedResNet: convolutions see the textures and shapes of
-#: small objects that the 8-pixel patches of the tiny ViT mostly miss); ``default-2`` is LinEx's second VLM.
+#: small objects that the 8-pixel patches of the tiny ViT mostly miss); ``default-2`` is LinEx's second
+#: VLM.
 DEFAULT_VLMS = {"default": "resnet", "default-2": "vit"}
 #: Preprocessing of the tiny CLIPs: a crop is squashed to 64 x 64 whole (captions describe all of it).
 _TINY_PREPROCESS = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "resize_mode": "squash",
@@ -57,11 +64,16 @@ TRAIN_BATCH = 64
 TRAIN_LR = 2e-3
 
 
-def load_vlm(name: str = "default", weights: str | None = None, *, progress: bool = True, device="cpu",
-             calibration=None) -> VisionLanguageModel:
+def load_vlm(name: str = "default", weights: str | None = None, *, progress: bool = True,
+             device: str | torch.device = "cpu",
+             calibration: tuple[float, float] | None = None) -> VisionLanguageModel:
     """``default`` (tiny CLIP, ModifiedResNet), ``default-2`` (the independent tiny CLIP, ViT),
     both trained and cached on first use, or any open_clip architecture by name with ``weights``
-    (a local file or directory; random seeded weights without)."""
+    (a local file or directory; random seeded weights without; the tiny CLIPs take none).
+
+    progress: a progress bar while a tiny CLIP trains. device: where the model runs.
+    calibration: LinEx's (a, b), replacing the model's own (see :class:`OpenClipVLM`).
+    """
     if name in DEFAULT_VLMS:
         if weights:
             raise InputError(f"--weights: the {name} vision-language model brings its own weights")
@@ -193,7 +205,8 @@ def _fit(model, vlm, images, atoms, scenes, captioner, opt, sched, steps, batch_
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for _ in range(steps):
-            crops, texts, positive, _, present = _training_batch(images, atoms, scenes, captioner, batch_size, rng)
+            crops, texts, positive, _, present = _training_batch(images, atoms, scenes, captioner, batch_size,
+                                                                 rng)
             img, txt, scale = model(vlm.preprocess(crops), torch.cat([vlm.tokenizer(texts), prompts]))[:3]
             txt, words = txt[: len(texts)], txt[len(texts):]
             logits = scale * img @ txt.T                       # [crops, texts]
@@ -226,7 +239,8 @@ def _training_batch(images, atoms, scenes, captioner: Captioner, batch_size: int
         u = rng.random()
         if u < WHOLE_SHARE:
             y0, x0, h, w = 0, 0, s, s
-        elif u < WHOLE_SHARE + OBJECT_CROP_SHARE and (atoms[i] >= captioner.n_stuff_atoms).any():  # around an object, as SIEVE crops
+        elif u < WHOLE_SHARE + OBJECT_CROP_SHARE and (atoms[i] >= captioner.n_stuff_atoms).any():
+            # around an object, as SIEVE crops
             ys, xs = np.nonzero(atoms[i] >= captioner.n_stuff_atoms)
             k = int(rng.integers(len(ys)))
             h = w = round(s * rng.uniform(0.25, 0.6))

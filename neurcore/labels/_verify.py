@@ -1,10 +1,11 @@
 """Verification of neuron explanations by generated images: one verifier for every labelling method.
 
 An explanation of a unit (a concept, a phrase, a formula) is turned into
-images by a generator (:mod:`neurcore.generate`); the unit's activations on
-them are compared with its activations on the probe:
+images by a generator (:class:`~neurcore.labels.Generator`); the unit's
+activations on them are compared with its activations on the probe:
 
-* **Activation Rate** (SIEVE, "Select, Hypothesize, Verify"): the fraction of
+* **Activation Rate** (SIEVE, "Select, Hypothesize and Verify: Towards
+  Verified Neuron Concept Interpretation"): the fraction of
   generated images on which the unit exceeds its top-1% activation threshold
   on the probe (:func:`probe_thresholds`, :func:`activation_rate`); the mean
   over hypotheses is filtered by discarding those below the initial mean
@@ -25,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +35,12 @@ from .._io import atomic_path
 from ..activations import planted_maps
 from ..errors import InputError
 from ..models import as_maps, hooked
+from ._generate import Generator
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ..models import ModelSpec
 
 __all__ = ["Verifier", "activation_rate", "cosy_scores", "mean_activation_rate_filtered", "probe_thresholds"]
 
@@ -55,7 +64,7 @@ def _as_acts(x, name: str, *, min_rows: int = 1) -> np.ndarray:
     return a
 
 
-def probe_thresholds(probe_acts, top: float = 0.01) -> np.ndarray:
+def probe_thresholds(probe_acts: ArrayLike, top: float = 0.01) -> np.ndarray:
     """The per-unit activation threshold of the top ``top`` fraction of the probe (SIEVE's "Top 1%").
 
     probe_acts: [n_images, U] activations on the probe set. Returns float64 [U],
@@ -68,7 +77,7 @@ def probe_thresholds(probe_acts, top: float = 0.01) -> np.ndarray:
     return np.quantile(acts, 1.0 - float(top), axis=0)
 
 
-def activation_rate(generated, thresholds):
+def activation_rate(generated: ArrayLike, thresholds: ArrayLike) -> np.ndarray | float:
     """SIEVE's Activation Rate: the fraction of generated images on which the unit fires strongly.
 
     AR_u = (1 / n_gen) * sum_i 1[a_u(x_i) > t_u] (strict >), with t_u the
@@ -91,7 +100,7 @@ def activation_rate(generated, thresholds):
     return float(rate[0]) if one_unit else rate
 
 
-def mean_activation_rate_filtered(rates) -> tuple[float, np.ndarray, float]:
+def mean_activation_rate_filtered(rates: ArrayLike) -> tuple[float, np.ndarray, float]:
     """SIEVE's mean Activation Rate with its filter: hypotheses whose AR is below the initial mean AR
     are discarded and the mean is recomputed over the retained ones.
 
@@ -111,8 +120,10 @@ def mean_activation_rate_filtered(rates) -> tuple[float, np.ndarray, float]:
     return initial, kept, final
 
 
-def cosy_scores(generated, control, *, zero_std: float = np.nan) -> tuple[np.ndarray, np.ndarray]:
-    """CoSy's scores per unit (Kopf et al., NeurIPS 2024): (auc [U], mad [U]).
+def cosy_scores(generated: ArrayLike, control: ArrayLike, *,
+                zero_std: float = np.nan) -> tuple[np.ndarray, np.ndarray]:
+    """CoSy's scores per unit (Kopf et al., "CoSy: Evaluating Textual Explanations of Neurons",
+    NeurIPS 2024): (auc float64 [U], mad float64 [U]).
 
     generated: [n_gen, U] activations on the images generated from each unit's
     explanation (positives, label 1); control: [n_ctrl, U] activations on
@@ -135,8 +146,8 @@ def cosy_scores(generated, control, *, zero_std: float = np.nan) -> tuple[np.nda
     gen = _as_acts(generated, "cosy_scores: generated")
     ctrl = _as_acts(control, "cosy_scores: control")
     if gen.shape[1] != ctrl.shape[1]:
-        raise InputError(f"cosy_scores: generated has {gen.shape[1]} units but control has {ctrl.shape[1]} "
-                         f"(shapes {gen.shape}, {ctrl.shape})")
+        raise InputError(f"cosy_scores: generated has {gen.shape[1]} units but control has "
+                         f"{ctrl.shape[1]} (shapes {gen.shape}, {ctrl.shape})")
     n_gen, n_ctrl = gen.shape[0], ctrl.shape[0]
     ranks = rankdata(np.concatenate([gen, ctrl]), method="average", axis=0)
     u_gen = ranks[:n_gen].sum(axis=0) - n_gen * (n_gen + 1) / 2.0
@@ -165,28 +176,34 @@ class Verifier:
     any explanation of a layer's units, from images a generator makes of it.
 
     spec: the :class:`~neurcore.models.ModelSpec`; layer: its layer; probe_scores: the units'
-    per-image activations on the probe [n_images, U] (thresholds: their top ``top`` quantile; the
-    CoSy control set: the probe). generator: a :class:`neurcore.generate.Generator`.
-    Per explanation (prompt), ``n_images`` images are generated once and the whole layer is run
-    on them; the scores of every unit are cached in ``cache_dir`` (one ``.npz`` per prompt, written
-    atomically), so every method naming the same concept shares them and a rerun regenerates nothing.
+    per-image activations on the probe [n_images, U] (thresholds: their top ``top`` quantile,
+    ``self.thresholds`` float64 [U]; the CoSy control set: the probe). generator: a
+    :class:`~neurcore.labels.Generator`.
+    Per explanation (prompt), ``n_images`` images are generated once (with ``seed``) and the whole
+    layer is run on them, ``batch_size`` at a time; the scores of every unit are cached in
+    ``cache_dir`` (one ``.npz`` per prompt, written atomically, with the first ``keep_images``
+    images), so every method naming the same concept shares them and a rerun regenerates nothing.
     Planted units of ``spec`` are computed from the generated images' exact concept maps when the
     generator gives them (the synthetic world), and are NaN (not scored) otherwise.
     """
 
-    def __init__(self, spec, layer: str, probe_scores: np.ndarray, generator, *, n_images: int = 50, seed: int = 0,
-                 top: float = 0.01, cache_dir: str | None = None, batch_size: int = 64, keep_images: int = 6):
+    def __init__(self, spec: ModelSpec, layer: str, probe_scores: np.ndarray, generator: Generator, *,
+                 n_images: int = 50, seed: int = 0, top: float = 0.01, cache_dir: str | None = None,
+                 batch_size: int = 64, keep_images: int = 6):
         self.spec, self.layer, self.generator = spec, layer, generator
         self.probe_scores = np.asarray(probe_scores, dtype=np.float32)
         self.thresholds = probe_thresholds(self.probe_scores, top)
-        self.n_images, self.seed, self.batch_size, self.keep_images = int(n_images), int(seed), batch_size, keep_images
+        self.n_images, self.seed = int(n_images), int(seed)
+        self.batch_size, self.keep_images = batch_size, keep_images
         self.cache_dir = cache_dir
         self.planted = [u for u in spec.planted if u.layer == layer]
         self._memo: dict[str, dict] = {}
         if cache_dir:
             os.makedirs(cache_dir, exist_ok=True)
 
-    def _path(self, prompt: str) -> str | None:
+    def cache_path(self, prompt: str) -> str | None:
+        """The file caching ``prompt``'s generated images and scores (keyed by the generator, the number of
+        images, the seed and the prompt), or None without a ``cache_dir``."""
         if not self.cache_dir:
             return None
         ident = json.dumps([self.generator.describe(), self.n_images, self.seed, prompt], sort_keys=True)
@@ -194,10 +211,12 @@ class Verifier:
         return os.path.join(self.cache_dir, f"{key}.npz")
 
     def generated(self, prompt: str) -> dict:
-        """{"scores": float32 [n, U] or None, "images": uint8 [k, H, W, 3], "error": str or None} for a prompt."""
+        """The generated images of ``prompt`` and the layer's scores on them, from the cache when there:
+        {"scores": float32 [n_images, U] or None, "images": uint8 [k, H, W, 3] (the first
+        ``keep_images``), "error": why the generator could not draw the prompt, or None}."""
         if prompt in self._memo:
             return self._memo[prompt]
-        path = self._path(prompt)
+        path = self.cache_path(prompt)
         if path and os.path.isfile(path):
             with np.load(path, allow_pickle=False) as z:
                 got = {"scores": z["scores"] if z["scores"].size else None, "images": z["images"],
@@ -206,8 +225,9 @@ class Verifier:
             got = self._generate(prompt)
             if path:
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                    np.savez(f, scores=np.zeros(0, np.float32) if got["scores"] is None else got["scores"],
-                             images=got["images"], error=np.array(got["error"] or ""), prompt=np.array(prompt))
+                    scores = np.zeros(0, np.float32) if got["scores"] is None else got["scores"]
+                    np.savez(f, scores=scores, images=got["images"], error=np.array(got["error"] or ""),
+                             prompt=np.array(prompt))
         self._memo[prompt] = got
         return got
 
@@ -241,13 +261,15 @@ class Verifier:
                 chunks.append(scores.astype(np.float32))
         scores = np.concatenate(chunks)
         if scores.shape[1] != self.probe_scores.shape[1]:
-            raise InputError(f"verifier: layer {self.layer} has {scores.shape[1]} units on generated images but "
-                             f"{self.probe_scores.shape[1]} on the probe")
+            raise InputError(f"verifier: layer {self.layer} has {scores.shape[1]} units on generated images "
+                             f"but {self.probe_scores.shape[1]} on the probe")
         return {"scores": scores, "images": np.asarray(images[: self.keep_images]), "error": None}
 
-    def score(self, prompt: str | None, units) -> list[dict]:
-        """Per unit: {"activation_rate", "cosy_auc", "cosy_mad"} of ``prompt`` (None values when the prompt
-        is None, cannot be generated, or the unit is not scorable on generated images), plus "error"."""
+    def score(self, prompt: str | None, units: Iterable[int]) -> list[dict]:
+        """Per unit of ``units`` (column indices of ``probe_scores``), in order: {"activation_rate",
+        "cosy_auc", "cosy_mad"} of ``prompt`` (None values when the prompt is None, cannot be
+        generated, or the unit is not scorable on generated images), plus "error" when the generator
+        could not draw it."""
         units = [int(u) for u in units]
         empty = {"activation_rate": None, "cosy_auc": None, "cosy_mad": None}
         if prompt is None:

@@ -19,10 +19,18 @@ import difflib
 import hashlib
 import logging
 import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from ..errors import BackendUnavailable, InputError
+
+if TYPE_CHECKING:
+    import torch
+
+#: Images for a VisionLanguageModel: uint8 [B, H, W, 3], or a list of uint8 [H, W, 3] of any sizes.
+Images = Union[np.ndarray, Sequence[np.ndarray]]
 
 __all__ = ["CALIBRATION", "FALLBACK_CALIBRATION", "CONFIG_DIR", "VisionLanguageModel", "OpenClipVLM",
            "concept_prompt", "silence_loggers"]
@@ -64,7 +72,8 @@ def _open_clip():
     try:
         import open_clip
     except ImportError:
-        raise BackendUnavailable("vision-language models need open_clip: pip install 'neurcore[vision]'") from None
+        raise BackendUnavailable("vision-language models need open_clip: "
+                                 "pip install 'neurcore[vision]'") from None
     if not _REGISTERED:
         open_clip.add_model_config(CONFIG_DIR)
         _REGISTERED = True
@@ -72,7 +81,7 @@ def _open_clip():
 
 
 @contextlib.contextmanager
-def silence_loggers():
+def silence_loggers() -> Iterator[None]:
     """Silence library loggers below ERROR while loading: open_clip logs a warning for every model built
     without pretrained weights (the rule here), diffusers and transformers log while loading."""
     before = logging.root.manager.disable
@@ -114,9 +123,10 @@ class VisionLanguageModel:
         raise NotImplementedError
 
     # ----------------------------------------------------------- images
-    def preprocess(self, images):
+    def preprocess(self, images: Images) -> torch.Tensor:
         """uint8 images [B, H, W, 3], or a list of uint8 [H, W, 3] of different sizes ->
-        float tensor [B, 3, S, S]: resized (``resize_mode``, ``interpolation``) and normalised."""
+        float32 tensor [B, 3, S, S] on the CPU: resized (``resize_mode``, ``interpolation``) to
+        S = ``image_size`` and normalised by ``mean``/``std``."""
         import torch
 
         if isinstance(images, (list, tuple)):
@@ -156,8 +166,9 @@ class VisionLanguageModel:
             x = F.pad(x, (left, s - w - left, top, s - h - top), value=0.0)
         return x
 
-    def encode_image(self, images, *, batch_size: int = 64) -> np.ndarray:
-        """uint8 [B, H, W, 3] (any H, W; or a list of [H, W, 3]) -> float32 [B, D], L2-normalised."""
+    def encode_image(self, images: Images, *, batch_size: int = 64) -> np.ndarray:
+        """uint8 [B, H, W, 3] (any H, W; or a list of [H, W, 3]) -> float32 [B, D], L2-normalised;
+        ``batch_size`` images go through the model at a time."""
         import torch
 
         n = len(images)
@@ -169,7 +180,7 @@ class VisionLanguageModel:
         return out
 
     def encode_text(self, texts: list[str], *, batch_size: int = 256) -> np.ndarray:
-        """list of strings -> float32 [T, D], L2-normalised."""
+        """list of strings -> float32 [T, D], L2-normalised; ``batch_size`` texts at a time."""
         import torch
 
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
@@ -182,7 +193,7 @@ class VisionLanguageModel:
                 out[s : s + len(chunk)] = _normalise(self._text_features(chunk)).float().cpu().numpy()
         return out
 
-    def to(self, device):
+    def to(self, device: str | torch.device) -> VisionLanguageModel:
         """Moves the model to ``device`` (e.g. ``"cuda"``); returns self."""
         import torch
 
@@ -190,7 +201,8 @@ class VisionLanguageModel:
         return self
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.name!r}, image_size={self.image_size}, embed_dim={self.embed_dim})"
+        return (f"{type(self).__name__}({self.name!r}, image_size={self.image_size}, "
+                f"embed_dim={self.embed_dim})")
 
 
 def _normalise(t):
@@ -212,18 +224,25 @@ class OpenClipVLM(VisionLanguageModel):
     """An open_clip model by architecture name (``open_clip.list_models()``), with weights from
     a local file or directory.
 
+    name: the open_clip architecture; an unknown name is an InputError that lists close ones.
     weights: a state dict (``.safetensors``, ``.bin``, ``.pt``/``.pth``; a checkpoint dict holding
     ``state_dict`` works too, and its ``calibration`` [a, b] is used when present), or a directory
     holding one (open_clip's file names preferred; a ``tokenizer.json`` beside it serves models
     with a Hugging Face tokenizer). None: random weights drawn with ``seed``.
     calibration: (a, b); default: the file's, else :data:`CALIBRATION` by name, else
     :data:`FALLBACK_CALIBRATION`.
-    Preprocessing: the mean/std/resize mode of the architecture's published weights
+    device: where the model runs ("cpu", "cuda", or a torch.device).
+    preprocess_cfg: overrides of the preprocessing (keys ``mean``, ``std``, ``interpolation``,
+    ``resize_mode``); by default the mean/std/resize mode of the architecture's published weights
     (``open_clip.get_pretrained_cfg``), else open_clip's defaults.
+    cache_key: the name of the on-disk embedding caches; default: the architecture, and the
+    weights file's path, size and time (or ``seed`` without weights).
+    The open_clip model itself is ``self.model``; ``self.weights`` is the weights file or None.
     """
 
-    def __init__(self, name: str, weights: str | None = None, *, calibration=None, device="cpu", seed: int = 0,
-                 preprocess_cfg: dict | None = None, cache_key: str | None = None):
+    def __init__(self, name: str, weights: str | None = None, *,
+                 calibration: tuple[float, float] | None = None, device: str | torch.device = "cpu",
+                 seed: int = 0, preprocess_cfg: dict | None = None, cache_key: str | None = None):
         import torch
 
         open_clip = _open_clip()
@@ -241,7 +260,8 @@ class OpenClipVLM(VisionLanguageModel):
             try:
                 model = open_clip.create_model(name, pretrained=None, force_preprocess_cfg=pp)
             except Exception as exc:  # open_clip raises many kinds for a config it cannot build
-                raise InputError(f"vision-language model {name!r}: open_clip cannot build it here: {exc}") from None
+                raise InputError(f"vision-language model {name!r}: open_clip cannot build it here: "
+                                 f"{exc}") from None
         checkpoint = {}
         if weights_file:
             checkpoint = _load_weights(model, weights_file, name)
@@ -268,7 +288,8 @@ class OpenClipVLM(VisionLanguageModel):
     def _text_features(self, texts):
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
 
-    def to(self, device):
+    def to(self, device: str | torch.device) -> OpenClipVLM:
+        """Moves the open_clip model to ``device`` (e.g. ``"cuda"``); returns self."""
         super().to(device)
         self.model.to(self.device)
         return self
@@ -372,5 +393,7 @@ def _tokenizer(open_clip, name: str, weights: str | None):
             return open_clip.get_tokenizer(name)
     except Exception as exc:  # a Hugging Face tokenizer that is not on this machine
         hf = text_cfg.get("hf_tokenizer_name")
-        where = f" (Hugging Face tokenizer {hf!r}: put its tokenizer.json in the weights directory)" if hf else ""
-        raise InputError(f"vision-language model {name!r}: its tokenizer cannot be loaded{where}: {exc}") from None
+        where = (f" (Hugging Face tokenizer {hf!r}: put its tokenizer.json in the weights directory)"
+                 if hf else "")
+        raise InputError(f"vision-language model {name!r}: its tokenizer cannot be loaded{where}: "
+                         f"{exc}") from None

@@ -41,13 +41,13 @@ def _cosines(vlm, images, names):
     return vlm.encode_image(images) @ vlm.encode_text([concept_prompt(c) for c in names]).T
 
 
-def concept_auc(vlm: VisionLanguageModel, world=None, n_images: int = 500, seed: int = AUC_SEED, *,
-                min_coverage: float = MIN_COVERAGE) -> dict[str, float]:
-    """Zero-shot concept presence, ROC-AUC per concept: score = cos(image, text of
-    :func:`concept_prompt`), truth = the concept covers >= ``min_coverage`` of the image
-    (exact masks). Images: ``world``'s first ``n_images`` or a fresh ``SyntheticWorld`` (64 px,
-    ``seed``, held out from every training and probe seed). NaN where a concept is never or
-    always present."""
+def concept_auc(vlm: VisionLanguageModel, world: SyntheticWorld | None = None, n_images: int = 500,
+                seed: int = AUC_SEED, *, min_coverage: float = MIN_COVERAGE) -> dict[str, float]:
+    """Zero-shot concept presence, ROC-AUC per concept name: score = cos(image, text of
+    :func:`concept_prompt`), truth = the concept covers >= ``min_coverage`` (a fraction of the
+    pixels) of the image (exact masks). Images: ``world``'s first ``n_images`` or a fresh
+    ``SyntheticWorld`` (64 px, ``seed``, held out from every training and probe seed). NaN where a
+    concept is never or always present."""
     from sklearn.metrics import roc_auc_score
 
     images, present, names, _ = _held_out(world, n_images, seed, 64, min_coverage)
@@ -59,8 +59,9 @@ def concept_auc(vlm: VisionLanguageModel, world=None, n_images: int = 500, seed:
     return out
 
 
-def auc_by_category(auc: dict[str, float], world=None) -> dict[str, float]:
-    """Mean AUC per concept category (and ``all``), NaNs left out."""
+def auc_by_category(auc: dict[str, float], world: SyntheticWorld | None = None) -> dict[str, float]:
+    """Mean AUC per concept category (and ``all``), NaNs left out; ``auc`` as :func:`concept_auc`
+    returns it, categories from ``world`` (default: the synthetic world's; unknown names: ``other``)."""
     world = world or SyntheticWorld(n_images=1)
     cats = dict(zip(world.concept_names, world.concept_categories))
     out: dict[str, list] = {}
@@ -71,7 +72,8 @@ def auc_by_category(auc: dict[str, float], world=None) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
-def fit_calibration(vlm: VisionLanguageModel, world=None, n_images: int = 500, seed: int = CALIBRATION_SEED, *,
+def fit_calibration(vlm: VisionLanguageModel, world: SyntheticWorld | None = None, n_images: int = 500,
+                    seed: int = CALIBRATION_SEED, *,
                     min_coverage: float = MIN_COVERAGE) -> tuple[float, float]:
     """LinEx calibration (a, b) of P(c|x) = sigmoid(a * (cos + b)) for ``vlm``.
 
@@ -79,9 +81,10 @@ def fit_calibration(vlm: VisionLanguageModel, world=None, n_images: int = 500, s
     concept presence (the concept covers >= ``min_coverage`` of the image) on
     the cosine between the image and the concept's prompt (:func:`concept_prompt`),
     pooled over all concepts and ``n_images`` held-out synthetic-world images
-    (64 px, ``seed``, distinct from every training and probe seed): the fitted
-    logit w * cos + c gives a = w, b = c / w. The tiny CLIPs store theirs with
-    their weights (``calibration`` in the cached checkpoint).
+    (``world``'s, or a fresh world of 64 px, ``seed``, distinct from every
+    training and probe seed): the fitted logit w * cos + c gives a = w,
+    b = c / w. The tiny CLIPs store theirs with their weights (``calibration``
+    in the cached checkpoint).
     """
     from sklearn.linear_model import LogisticRegression
 

@@ -74,8 +74,9 @@ def default_model(*, progress: bool = True) -> ModelSpec:
     module.eval()
     planted = ([PlantedUnit("conv4", parse(f)) for f in DEFAULT_PLANTED]
                + [PlantedUnit("conv4", weights=w) for w in DEFAULT_PLANTED_LINEAR])
-    return ModelSpec(module=module, name="default", input_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                     planted=planted, classes=list(world.concept_names), multilabel=True)
+    return ModelSpec(module=module, name="default", input_size=64, mean=(0.5, 0.5, 0.5),
+                     std=(0.25, 0.25, 0.25), planted=planted, classes=list(world.concept_names),
+                     multilabel=True)
 
 
 #: The planted circuit of ``default-circuit``: the class, and how many channels feed each node.
@@ -83,14 +84,16 @@ CIRCUIT_CLASS = "circle"
 CIRCUIT_FAN_IN = {"conv4": 12, "conv3": 3}  # 12 >= 1 / fdr: knockoff+ at fdr 0.1 selects no fewer than 10
 
 
-def planted_circuit_model(spec: ModelSpec, class_name: str = CIRCUIT_CLASS, fan_in=None) -> ModelSpec:
+def planted_circuit_model(spec: ModelSpec, class_name: str = CIRCUIT_CLASS,
+                          fan_in: dict[str, int] | None = None) -> ModelSpec:
     """A copy of the default model in which ``class_name``'s logit is wired through known channels:
     its head row keeps only the ``fan_in["conv4"]`` conv4 channels of largest weight x mean activation
     on rendered images of the class, and each of those keeps only its ``fan_in["conv3"]`` conv3
     input channels of largest weight norm x mean activation
     (every other weight of those rows is set to zero). The logit then depends on those conv4
     channels alone (pooling and the head are linear), and each of them on its conv3 channels alone
-    (batch norm and ReLU act per channel), so ``spec.circuit`` holds the true core neurons."""
+    (batch norm and ReLU act per channel), so ``spec.circuit`` holds the true core neurons.
+    ``fan_in`` defaults to :data:`CIRCUIT_FAN_IN`."""
     import copy
 
     import torch

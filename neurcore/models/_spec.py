@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
 from ..rules.formula import Formula
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ModelSpec", "PlantedUnit", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -29,7 +33,7 @@ class ModelSpec:
     multilabel: bool = False           # outputs are independent logits (predicted when > 0), not argmax
     circuit: dict | None = None        # planted circuit truth: {"class": name, layer: [channels], ...}
 
-    def preprocess(self, images: np.ndarray):
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
         """uint8 images [B, H, W, 3] -> the module's input, float32 [B, 3, S, S] with S = ``input_size``:
         scaled to [0, 1], resized bilinearly when H, W differ from S, normalised by ``mean``/``std``."""
         import torch
@@ -37,7 +41,8 @@ class ModelSpec:
 
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (x - mean) / std

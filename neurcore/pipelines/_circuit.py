@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,9 +32,9 @@ from ..circuits import (
     mechanisms,
     output_shapes,
 )
-from ..errors import InputError
-from ..models import load_model, resolve_layer
-from ..probe import open_probe
+from ..errors import BackendUnavailable, InputError
+from ..models import ModelSpec, load_model, resolve_layer
+from ..probe import Probe, open_probe
 from ..report import write_circuit_html
 from ..results import Explanation, write_jsonl
 
@@ -58,69 +59,116 @@ def _save_png(path: str, image: np.ndarray) -> None:
         Image.fromarray(image).resize((96, 96), Image.NEAREST).save(f, format="PNG")
 
 
-def circuit(model="default", class_name: str | None = None, layers=("conv4", "conv3"), out: str = "circuit", *,
-            method: str = "neurflow", probe="default", max_images: int = 40, tau: int = 16, top_k: int = 50,
+def circuit(model: str | ModelSpec = "default", class_name: str | None = None,
+            layers: Sequence[str] = ("conv4", "conv3"), out: str = "circuit", *, method: str = "neurflow",
+            probe: str | Probe = "default", max_images: int = 40, tau: int = 16, top_k: int = 50,
             n_steps: int = 50, fdr: float = 0.1, n_runs: int = 10, n_random: int = 20, device: str = "cpu",
             backend: str | None = None, progress: bool = True) -> dict:
-    """Build the circuit of ``class_name`` over ``layers`` (top to bottom) and write it to ``out``."""
+    """Build the circuit of ``class_name`` over ``layers`` (top to bottom) and write it to ``out``.
 
+    method: "neurflow" (core concept neurons by integrated gradients over ``top_k`` crops per neuron,
+    ``tau`` per neuron, ``n_steps`` steps; "NeurFlow: Interpreting Neural Networks through Neuron Groups
+    and Functional Interactions", ICLR 2025) or "neucept" (critical neurons by model-X knockoffs at
+    false discovery rate ``fdr`` over ``n_runs`` runs; Vu, Nguyen, Thai, "NeuCEPT: Locally Discover
+    Neural Networks' Mechanism via Critical Neurons Identification with Precision Guarantee").
+    class_name: a class of the model or an output index (None: the planted circuit's class).
+    max_images: probe images of the class the model gets right that are explained; n_random: random
+    neuron sets of equal size that fidelity compares the core neurons with. Returns the circuit as
+    written to ``circuit.json``.
+    """
+    spec, layers, class_name = _set_up(model, class_name, layers, method, progress)
+    _check_device(device)
+    spec.module.to(device).eval()
+    n_outputs, channels = output_shapes(spec, layers, device)
+    c = class_index(spec, class_name, n_outputs)
+    probe = open_probe(probe) if isinstance(probe, str) else probe
+    settings = {"model": spec.name, "class": class_name, "layers": layers, "method": method, "tau": tau,
+                "top_k": top_k, "n_steps": n_steps, "fdr": fdr, "n_runs": n_runs, "max_images": max_images}
+    _check_manifest(out, settings)
+    images, _ = class_images(spec, probe, c, max_images=max_images, device=device)
+    parts = os.path.join(out, "parts")
+    if method == "neurflow":
+        doc, rows, core = _neurflow(spec, images, c, layers, out, parts, tau, top_k, n_steps, device, backend,
+                                    progress)
+    else:
+        doc, rows, core = _neucept(spec, probe, images, c, layers, out, parts, fdr, n_runs, device)
+    doc.update({"model": spec.name, "class": class_name, "class_index": c, "method": method,
+                "n_images": int(len(images))})
+    _add_truth(doc, spec, class_name, layers, core)
+    doc["fidelity"] = fidelity(spec, images, c, {k: v for k, v in core.items() if v}, channels,
+                               n_random=n_random, device=device)
+    _write_circuit(out, doc, rows)
+    return doc
+
+
+def _set_up(model: str | ModelSpec, class_name: str | None, layers: Sequence[str], method: str,
+            progress: bool) -> tuple[ModelSpec, list[str], str]:
+    """(model, layers, class name), checked before any work: each layer feeds the one above it."""
     if method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     spec = load_model(model, progress=progress) if isinstance(model, str) else model
     layers = list(layers)
     if not layers:
         raise InputError("--layers: name at least one layer")
-    for upper, lower in zip([None] + layers[:-1], layers):  # fail fast: each layer feeds the one above
+    for upper, lower in zip([None] + layers[:-1], layers):
         resolve_layer(spec.module, lower)
         layer_function(spec.module, lower, upper if method == "neurflow" else None)
     if class_name is None:
         if not spec.circuit:
             raise InputError("--class is needed for a model without a planted circuit")
         class_name = spec.circuit["class"]
-    spec.module.to(device).eval()
-    n_outputs, channels = output_shapes(spec, layers, device)
-    c = class_index(spec, class_name, n_outputs)
-    probe = open_probe(probe) if isinstance(probe, str) else probe
+    return spec, layers, class_name
+
+
+def _check_device(device: str) -> None:
+    """A CUDA device must be usable here before the model moves to it."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(f"--device {device}: no usable CUDA device here (torch sees none)")
+
+
+def _check_manifest(out: str, settings: dict) -> None:
+    """Record the settings in ``out/manifest.json``; a folder with a circuit of other settings is refused."""
     os.makedirs(out, exist_ok=True)
-    parts = os.path.join(out, "parts")
-    settings = {"model": spec.name, "class": class_name, "layers": layers, "method": method, "tau": tau,
-                "top_k": top_k, "n_steps": n_steps, "fdr": fdr, "n_runs": n_runs, "max_images": max_images}
     manifest = os.path.join(out, "manifest.json")
     if os.path.isfile(manifest):
         with open(manifest) as f:
             if json.load(f) != settings:
-                raise InputError(f"{out} holds a circuit made with other settings; choose another --out or remove it")
+                raise InputError(f"{out} holds a circuit made with other settings; choose another --out or "
+                                 "remove it")
     write_json(manifest, settings)
-    images, _ = class_images(spec, probe, c, max_images=max_images, device=device)
 
-    if method == "neurflow":
-        doc, rows, core = _neurflow(spec, images, c, layers, out, parts, tau, top_k, n_steps, device, backend, progress)
-    else:
-        doc, rows, core = _neucept(spec, probe, images, c, layers, out, parts, fdr, n_runs, device)
-    doc.update({"model": spec.name, "class": class_name, "class_index": c, "method": method,
-                "n_images": int(len(images))})
-    if spec.circuit and spec.circuit.get("class") == class_name:
-        truth = {k: v for k, v in spec.circuit.items() if k in layers}
-        doc["truth"] = truth
-        metrics = doc.get("metrics", {})
-        doc["metrics"] = {name: {**_precision_recall(core.get(name, []), t), **metrics.get(name, {})}
-                          for name, t in truth.items()}
-    fid = fidelity(spec, images, c, {k: v for k, v in core.items() if v}, channels, n_random=n_random,
-                   device=device)
-    doc["fidelity"] = fid
+
+def _add_truth(doc: dict, spec: ModelSpec, class_name: str, layers: list[str], core: dict) -> None:
+    """With a planted circuit of this class: its truth per layer, and the precision and recall of the core."""
+    if not (spec.circuit and spec.circuit.get("class") == class_name):
+        return
+    truth = {k: v for k, v in spec.circuit.items() if k in layers}
+    doc["truth"] = truth
+    metrics = doc.get("metrics", {})
+    doc["metrics"] = {name: {**_precision_recall(core.get(name, []), t), **metrics.get(name, {})}
+                      for name, t in truth.items()}
+
+
+def _write_circuit(out: str, doc: dict, rows: list[Explanation]) -> None:
+    """``fidelity.csv``, ``results.jsonl``, ``circuit.json`` and ``circuit.html``, each atomically."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, FIDELITY_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(fid)
+    writer.writerows(doc["fidelity"])
     with atomic_open(os.path.join(out, "fidelity.csv"), "w") as f:
         f.write(buf.getvalue())
     write_jsonl(os.path.join(out, "results.jsonl"), rows)
     write_json(os.path.join(out, "circuit.json"), doc)
     write_circuit_html(out, doc)
-    return doc
 
 
-def _neurflow(spec, images, c, layers, out, parts, tau, top_k, n_steps, device, backend, progress):
+def _neurflow(spec: ModelSpec, images: np.ndarray, c: int, layers: list[str], out: str, parts: str, tau: int,
+              top_k: int, n_steps: int, device: str, backend: str | None, progress: bool):
+    """NeurFlow's circuit as nodes (neuron groups, with exemplar crops saved under ``out/crops``) and edges
+    normalised per source, one result row per circuit neuron, and the core neurons per layer."""
     nf = NeurFlow(spec, layers, NeurFlowConfig(tau=tau, top_k=top_k, n_steps=n_steps), backend=backend,
                   device=device, progress=progress, parts_dir=parts)
     levels = nf.run(images, c)
@@ -163,14 +211,17 @@ def _neurflow(spec, images, c, layers, out, parts, tau, top_k, n_steps, device, 
     return {"layers": names, "nodes": nodes, "edges": edges}, rows, core
 
 
-def _neucept(spec, probe, class_imgs, c, layers, out, parts, fdr, n_runs, device):
+def _neucept(spec: ModelSpec, probe: Probe, class_imgs: np.ndarray, c: int, layers: list[str], out: str,
+             parts: str, fdr: float, n_runs: int, device: str):
+    """NeuCEPT's critical neurons per layer (on up to 1,000 probe images; each layer's runs saved under
+    ``parts`` and reused), one node per layer with its mechanisms, one result row per selected neuron."""
     n = min(probe.n_images, 1000)
     images = probe.images(0, n)
     means, logits = layer_means(spec, images, layers, device)
     class_means, _ = layer_means(spec, class_imgs, layers, device)
     names = ["logit"] + layers
-    nodes = [{"id": "logit/0", "layer": "logit", "group": 0, "neurons": [int(c)], "exemplars": [], "label": None,
-              "importance": 1.0}]
+    nodes = [{"id": "logit/0", "layer": "logit", "group": 0, "neurons": [int(c)], "exemplars": [],
+              "label": None, "importance": 1.0}]
     edges, rows, core, metrics = [], [], {}, {}
     for depth, layer in enumerate(layers):
         path = os.path.join(parts, f"neucept-{layer}.json")
@@ -184,7 +235,8 @@ def _neucept(spec, probe, class_imgs, c, layers, out, parts, fdr, n_runs, device
             write_json(path, saved)
         selected = saved["selected"]
         core[layer] = selected
-        truth = (spec.circuit or {}).get(layer) if (spec.circuit or {}).get("class") == spec.classes[c] else None
+        planted = spec.circuit or {}
+        truth = planted.get(layer) if planted.get("class") == spec.classes[c] else None
         if truth is not None and layer in spec.circuit.get("exact_null_layers", []):
             false = [len(set(r) - set(truth)) / max(1, len(r)) for r in saved["runs"]]
             metrics[layer] = {"empirical_fdr": round(float(np.mean(false)), 4), "target_fdr": fdr}
@@ -194,14 +246,16 @@ def _neucept(spec, probe, class_imgs, c, layers, out, parts, fdr, n_runs, device
             rel = f"crops/{layer}_0_{j}.png"
             _save_png(os.path.join(out, rel), class_imgs[i])
             crops.append(rel)
-        mech = mechanisms(class_means[layer], selected, seed=depth) if len(selected) and len(class_imgs) >= 4 else None
+        mech = mechanisms(class_means[layer], selected, seed=depth) \
+            if len(selected) and len(class_imgs) >= 4 else None
         nodes.append({"id": f"{layer}/0", "layer": layer, "group": 0, "neurons": selected, "exemplars": crops,
-                      "label": f"{len(selected)} critical neurons" + (f", {mech.k} mechanisms" if mech else ""),
+                      "label": f"{len(selected)} critical neurons"
+                               + (f", {mech.k} mechanisms" if mech else ""),
                       "importance": 1.0})
         edges.append({"source": f"{names[depth]}/0", "target": f"{layer}/0", "weight": 1.0})
         for u, f in enumerate(saved["frequency"]):
             if f > 0:
+                extra = {"class": int(c), "frequency": round(f, 4), "critical": u in selected, "fdr": fdr}
                 rows.append(Explanation(unit=u, method="neucept", formula=None, iou=0.0, layer=layer,
-                                        extra={"class": int(c), "frequency": round(f, 4), "critical": u in selected,
-                                               "fdr": fdr}))
+                                        extra=extra))
     return {"layers": names, "nodes": nodes, "edges": edges, "metrics": metrics}, rows, core

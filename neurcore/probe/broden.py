@@ -1,4 +1,5 @@
-"""Broden-format probes, as NetDissect-Lite reads them (Bau et al. 2017).
+"""Broden-format probes, as NetDissect-Lite reads them (Bau et al., "Network Dissection: Quantifying
+Interpretability of Deep Visual Representations", CVPR 2017).
 
 A directory with ``index.csv`` (``image, split, ih, iw, sh, sw`` then one
 column per category; several values separated by ``;``: an integer is an
@@ -17,6 +18,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from typing import Sequence
 
 import numpy as np
 
@@ -52,26 +54,54 @@ def _int(value: str, path: str, line: int, field: str) -> int:
 
 
 class BrodenProbe(Probe):
-    """A Broden-format directory. categories: which to use (default: all in category.csv)."""
+    """A Broden-format directory, the probe of Bau et al., "Network Dissection: Quantifying
+    Interpretability of Deep Visual Representations", CVPR 2017, read as NetDissect-Lite reads it.
+
+    categories: which to use (default: all in category.csv). index_file: the image list. Images are
+    resized to ``image_size`` x ``image_size`` pixels; masks come at ``mask_shape`` (h, w), by default
+    the segmentation size of the first image listed.
+    """
 
     name = "broden"
 
-    def __init__(self, directory: str, categories=None, index_file: str = "index.csv",
-                 image_size: int = 224, mask_shape: tuple[int, int] | None = None):
+    def __init__(self, directory: str | os.PathLike, categories: Sequence[str] | None = None,
+                 index_file: str = "index.csv", image_size: int = 224,
+                 mask_shape: tuple[int, int] | None = None):
         self.directory = os.fspath(directory)
         if not os.path.isdir(self.directory):
             raise ProbeError(f"{self.directory}: no such directory")
-        d = self.directory
-        cat_rows = _read_csv(os.path.join(d, "category.csv"), ("name",))
-        all_categories = [r["name"] for r in cat_rows]
+        self.categories = self._read_categories(categories)
+        labels = self._read_labels()
+        coverage = self._read_coverage(labels)
+        numbers = sorted(coverage)
+        self._row_of = {n: k for k, n in enumerate(numbers)}
+        self.label_numbers = numbers
+        self.concept_names = [labels[n][0] for n in numbers]
+        # Primary category: largest coverage (NetDissect), then largest count in label.csv.
+        self.concept_categories = [
+            max(coverage[n], key=lambda c: (coverage[n][c], labels[n][1].get(c, 0))) for n in numbers
+        ]
+        self._labels = labels
+        self._index_path = os.path.join(self.directory, index_file)
+        self.rows = self._read_index(self._index_path)
+        self.n_images = len(self.rows)
+        self.image_size = (image_size, image_size)
+        self.mask_shape = tuple(mask_shape) if mask_shape else (self.rows[0]["sh"], self.rows[0]["sw"])
+
+    def _read_categories(self, categories: Sequence[str] | None) -> list[str]:
+        """The categories to use, checked against category.csv (default: all of them)."""
+        path = os.path.join(self.directory, "category.csv")
+        all_categories = [r["name"] for r in _read_csv(path, ("name",))]
         if categories is None:
             categories = all_categories
         unknown = [c for c in categories if c not in all_categories]
         if unknown:
-            raise ProbeError(f"{os.path.join(d, 'category.csv')}: unknown categories {unknown}; "
-                             f"known: {all_categories}")
-        self.categories = list(categories)
-        label_path = os.path.join(d, "label.csv")
+            raise ProbeError(f"{path}: unknown categories {unknown}; known: {all_categories}")
+        return list(categories)
+
+    def _read_labels(self) -> dict[int, tuple[str, dict[str, int]]]:
+        """label.csv: label number -> (name, {category: count})."""
+        label_path = os.path.join(self.directory, "label.csv")
         labels = {}
         for r in _read_csv(label_path, ("number", "name", "category")):
             number = _int(r["number"], label_path, r["_line"], "number")
@@ -79,12 +109,17 @@ class BrodenProbe(Probe):
             for part in filter(None, r["category"].split(";")):
                 m = _CATEGORY_FIELD.match(part.strip())
                 if not m:
-                    raise ProbeError(f"{label_path}: row {r['_line']}: category {part!r} is not like 'object(3)'")
+                    raise ProbeError(f"{label_path}: row {r['_line']}: category {part!r} "
+                                     "is not like 'object(3)'")
                 cats[m.group(1)] = int(m.group(2))
             labels[number] = (r["name"], cats)
+        return labels
+
+    def _read_coverage(self, labels: dict) -> dict[int, dict[str, float]]:
+        """c_<category>.csv of the categories in use: label number -> {category: coverage}."""
         coverage: dict[int, dict[str, float]] = {}
         for cat in self.categories:
-            path = os.path.join(d, f"c_{cat}.csv")
+            path = os.path.join(self.directory, f"c_{cat}.csv")
             for r in _read_csv(path, ("code", "number")):
                 number = _int(r["number"], path, r["_line"], "number")
                 if number == 0:
@@ -96,31 +131,24 @@ class BrodenProbe(Probe):
                 except ValueError:
                     raise ProbeError(f"{path}: row {r['_line']}: coverage must be a number") from None
                 coverage.setdefault(number, {})[cat] = cov
-        numbers = sorted(coverage)
-        self._row_of = {n: k for k, n in enumerate(numbers)}
-        self.label_numbers = numbers
-        self.concept_names = [labels[n][0] for n in numbers]
-        # Primary category: largest coverage (NetDissect), then largest count in label.csv.
-        self.concept_categories = [
-            max(coverage[n], key=lambda c: (coverage[n][c], labels[n][1].get(c, 0))) for n in numbers
-        ]
-        self._labels = labels
-        index_path = os.path.join(d, index_file)
-        self._index_path = index_path
-        self.rows = _read_csv(index_path, META)
-        for r in self.rows:
+        return coverage
+
+    @staticmethod
+    def _read_index(index_path: str) -> list[dict]:
+        """The rows of the image list, sizes as integers; at least one."""
+        rows = _read_csv(index_path, META)
+        for r in rows:
             for f in ("ih", "iw", "sh", "sw"):
                 r[f] = _int(r[f], index_path, r["_line"], f)
-        self.n_images = len(self.rows)
-        if self.n_images == 0:
+        if not rows:
             raise ProbeError(f"{index_path}: no images listed")
-        self.image_size = (image_size, image_size)
-        self.mask_shape = tuple(mask_shape) if mask_shape else (self.rows[0]["sh"], self.rows[0]["sw"])
+        return rows
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, "images", name)
 
     def images(self, start: int, stop: int) -> np.ndarray:
+        """RGB images ``start..stop-1`` resized to ``image_size``: uint8 [b, H, W, 3]."""
         from PIL import Image, UnidentifiedImageError
 
         out = []
@@ -148,7 +176,9 @@ class BrodenProbe(Probe):
             raise ProbeError(f"{path}: corrupt segmentation PNG (index.csv row {line}): {exc}") from None
         return rgb[:, :, 0] + 256 * rgb[:, :, 1]
 
-    def image_concepts(self, i: int):
+    def image_concepts(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Concepts present in image i: (rows int64 [m], ascending; masks bool [m, h, w] at
+        ``mask_shape``). An image-level label fills its mask."""
         r = self.rows[i]
         h, w = self.mask_shape
         found: dict[int, np.ndarray] = {}
@@ -180,15 +210,15 @@ class BrodenProbe(Probe):
             raise ProbeError(f"{where}: unknown label {number} (not in label.csv)")
 
 
-def write_broden(directory: str, world, n_images: int | None = None, image_size: int | None = None) -> None:
+def write_broden(directory: str | os.PathLike, world: Probe, n_images: int | None = None,
+                 image_size: int | None = None) -> None:
     """Export a synthetic world (or any probe with ``concept_maps``) as a Broden-format directory.
 
     Scenes become image-level labels; every other category a segmentation PNG
     per image (label = R + 256 G). Used by the tests and to try Broden-reading
-    tools on data with known masks.
+    tools on data with known masks. n_images: the first images of ``world`` (default all);
+    image_size: side in pixels the JPEG images are resized to (default: as drawn).
     """
-    from PIL import Image
-
     n = world.n_images if n_images is None else n_images
     names, cats = world.concept_names, world.concept_categories
     categories = list(dict.fromkeys(cats))
@@ -201,11 +231,8 @@ def write_broden(directory: str, world, n_images: int | None = None, image_size:
         stop = min(n, start + 64)
         imgs, maps = world.images(start, stop), world.concept_maps(start, stop)
         for j in range(stop - start):
-            i = start + j
-            name = f"img{i:05d}"
-            image = imgs[j] if image_size is None else np.asarray(
-                Image.fromarray(imgs[j]).resize((image_size, image_size), Image.BILINEAR))
-            Image.fromarray(image).save(os.path.join(directory, "images", f"{name}.jpg"), quality=95)
+            name = f"img{start + j:05d}"
+            image = _save_image(directory, name, imgs[j], image_size)
             h, w = maps.shape[2:]
             row = {"image": f"{name}.jpg", "split": "train", "ih": image.shape[0], "iw": image.shape[1],
                    "sh": h, "sw": w}
@@ -214,44 +241,88 @@ def write_broden(directory: str, world, n_images: int | None = None, image_size:
             pixels += maps[j].mean(axis=(1, 2))
             for cat in categories:
                 ks = [k for k in range(len(names)) if cats[k] == cat and present[k]]
-                if cat == "scene":
-                    row[cat] = ";".join(str(number[k]) for k in ks)
-                    continue
-                layers = []  # pixel labels may overlap within a category: one PNG per layer
-                for k in ks:
-                    for layer in layers:
-                        if not (layer > 0)[maps[j, k]].any():
-                            layer[maps[j, k]] = number[k]
-                            break
-                    else:
-                        layer = np.zeros((h, w), np.int64)
-                        layer[maps[j, k]] = number[k]
-                        layers.append(layer)
-                files = []
-                for li, layer in enumerate(layers):
-                    rgb = np.zeros((h, w, 3), np.uint8)
-                    rgb[..., 0], rgb[..., 1] = layer % 256, layer // 256
-                    fname = f"{name}_{cat}_{li + 1}.png"
-                    Image.fromarray(rgb).save(os.path.join(directory, "images", fname))
-                    files.append(fname)
-                row[cat] = ";".join(files)
+                row[cat] = _category_cell(directory, name, cat, [(number[k], maps[j, k]) for k in ks])
             index_rows.append(row)
+    _write_index(directory, index_rows, categories)
+    _write_categories(directory, categories, cats, number, freq)
+    _write_labels(directory, names, cats, number, freq, pixels)
+    _write_category_codes(directory, categories, names, cats, number, freq, pixels)
+
+
+def _save_image(directory: str | os.PathLike, name: str, image: np.ndarray,
+                image_size: int | None) -> np.ndarray:
+    """Write ``images/<name>.jpg`` (resized to image_size x image_size when given); the image written."""
+    from PIL import Image
+
+    if image_size is not None:
+        image = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
+    Image.fromarray(image).save(os.path.join(directory, "images", f"{name}.jpg"), quality=95)
+    return image
+
+
+def _category_cell(directory: str | os.PathLike, name: str, cat: str,
+                   concepts: list[tuple[int, np.ndarray]]) -> str:
+    """The index.csv cell of one image and category from its (label number, mask [h, w]) pairs: the
+    numbers for scenes, else the segmentation PNGs written for them."""
+    if cat == "scene":
+        return ";".join(str(label) for label, _ in concepts)
+    layers = []  # pixel labels may overlap within a category: one PNG per layer
+    for label, mask in concepts:
+        for layer in layers:
+            if not (layer > 0)[mask].any():
+                layer[mask] = label
+                break
+        else:
+            layer = np.zeros(mask.shape, np.int64)
+            layer[mask] = label
+            layers.append(layer)
+    files = []
+    for li, layer in enumerate(layers):
+        fname = f"{name}_{cat}_{li + 1}.png"
+        _save_labels(os.path.join(directory, "images", fname), layer)
+        files.append(fname)
+    return ";".join(files)
+
+
+def _save_labels(path: str, layer: np.ndarray) -> None:
+    """A label map int [h, w] as an RGB PNG with label = R + 256 G."""
+    from PIL import Image
+
+    rgb = np.zeros((*layer.shape, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1] = layer % 256, layer // 256
+    Image.fromarray(rgb).save(path)
+
+
+def _write_index(directory: str | os.PathLike, index_rows: list[dict], categories: list[str]) -> None:
     with open(os.path.join(directory, "index.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(META) + categories)
         wr.writeheader()
         wr.writerows(index_rows)
+
+
+def _write_categories(directory: str | os.PathLike, categories: list[str], cats: list[str], number: dict,
+                      freq: np.ndarray) -> None:
     with open(os.path.join(directory, "category.csv"), "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(["name", "first", "last", "count", "frequency"])
         for cat in categories:
-            ks = [number[k] for k in range(len(names)) if cats[k] == cat]
+            ks = [number[k] for k in range(len(cats)) if cats[k] == cat]
             wr.writerow([cat, min(ks), max(ks), len(ks), int(sum(freq[k - 1] for k in ks))])
+
+
+def _write_labels(directory: str | os.PathLike, names: list[str], cats: list[str], number: dict,
+                  freq: np.ndarray, pixels: np.ndarray) -> None:
     with open(os.path.join(directory, "label.csv"), "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
         wr.writerow([0, "-", "", 0, 0, ""])
         for k in range(len(names)):
-            wr.writerow([number[k], names[k], f"{cats[k]}({int(freq[k])})", int(freq[k]), f"{pixels[k]:.4f}", ""])
+            wr.writerow([number[k], names[k], f"{cats[k]}({int(freq[k])})", int(freq[k]), f"{pixels[k]:.4f}",
+                         ""])
+
+
+def _write_category_codes(directory: str | os.PathLike, categories: list[str], names: list[str],
+                          cats: list[str], number: dict, freq: np.ndarray, pixels: np.ndarray) -> None:
     for cat in categories:
         with open(os.path.join(directory, f"c_{cat}.csv"), "w", newline="") as f:
             wr = csv.writer(f)

@@ -23,8 +23,8 @@ how the tiny CLIP's trainer captions thousands of random crops per second.
 
 Augmented captions (``rng`` given) keep a random subset of the phrases in a
 random order, drop some adjectives, or reduce to one bare concept word
-(``"sky"``; 40% of them, the category drawn uniformly), which is the text zero-shot callers encode for a concept
-(:func:`neurcore.vlm.concept_prompt`). Every caption comes with the ids of
+(``"sky"``; 40% of them, the category drawn uniformly), which is the text zero-shot callers encode for
+a concept (:func:`neurcore.labels.concept_prompt`). Every caption comes with the ids of
 its phrases, and :meth:`Captioner.truth` gives the phrases true of an image,
 so a trainer can tell whether a caption is true of another image of a batch.
 """
@@ -123,7 +123,8 @@ class Captioner:
         color = masks[self.color_rows].argmax(axis=0)
         atoms = np.where(
             obj,
-            self.n_stuff_atoms + (masks[self.shape_rows].argmax(axis=0) * self.n_color + color) * self.n_texture
+            self.n_stuff_atoms
+            + (masks[self.shape_rows].argmax(axis=0) * self.n_color + color) * self.n_texture
             + masks[self.texture_rows].argmax(axis=0),
             masks[self.stuff_rows].argmax(axis=0) * self.n_color + color,
         )
@@ -202,7 +203,12 @@ class Captioner:
             attr = attrs[rng.integers(len(attrs))]
             n = {"texture": self.n_texture, "shape": self.n_shape, "color": self.n_color}[attr]
             for v in rng.permutation(n):
-                new = (sh, co, int(v)) if attr == "texture" else (int(v), co, tx) if attr == "shape" else (sh, int(v), tx)
+                if attr == "texture":
+                    new = (sh, co, int(v))
+                elif attr == "shape":
+                    new = (int(v), co, tx)
+                else:
+                    new = (sh, int(v), tx)
                 if not truth[self._object_phrase(*new)]:
                     options.append((k, ("object", *new)))
                     break

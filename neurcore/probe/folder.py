@@ -20,9 +20,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class FolderProbe(Probe):
+    """Images of a folder, sorted by name, resized to ``image_size`` x ``image_size`` pixels; concept
+    masks at ``mask_shape`` (h, w, default 112 x 112) when the folder has ``labels.csv`` (see the
+    module docstring)."""
+
     name = "folder"
 
-    def __init__(self, directory: str, image_size: int = 224, mask_shape: tuple[int, int] | None = None):
+    def __init__(self, directory: str | os.PathLike, image_size: int = 224,
+                 mask_shape: tuple[int, int] | None = None):
         self.directory = os.fspath(directory)
         if not os.path.isdir(self.directory):
             raise ProbeError(f"{self.directory}: no such directory")
@@ -52,6 +57,7 @@ class FolderProbe(Probe):
                     self.concept_categories.append(r.get("category") or "concept")
 
     def images(self, start: int, stop: int) -> np.ndarray:
+        """RGB images ``start..stop-1`` resized to ``image_size``: uint8 [b, H, W, 3]."""
         from PIL import Image, UnidentifiedImageError
 
         out = []
@@ -64,7 +70,9 @@ class FolderProbe(Probe):
                 raise ProbeError(f"{path}: cannot read image: {exc}") from None
         return np.stack(out)
 
-    def image_concepts(self, i: int):
+    def image_concepts(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Concepts present in image i: (rows int64 [m], ascending; masks bool [m, h, w] at
+        ``mask_shape``); none when the image has no mask PNG."""
         from PIL import Image, UnidentifiedImageError
 
         if not self.has_masks:

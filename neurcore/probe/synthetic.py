@@ -148,7 +148,7 @@ class SyntheticWorld(Probe):
             out[idx[n]] = texture == k
         return out
 
-    def sample(self, i: int):
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(image uint8 [s, s, 3], concept masks bool [n_concepts, s, s]) of image i."""
         if not 0 <= i < self.n_images:
             raise IndexError(f"SyntheticWorld: image {i} out of range for {self.n_images} images")
@@ -164,7 +164,8 @@ class SyntheticWorld(Probe):
         """bool [stop - start, n_concepts, s, s]: exact per-pixel concepts of those images."""
         return np.stack([self.sample(i)[1] for i in range(start, stop)])
 
-    def image_concepts(self, i: int):
+    def image_concepts(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Concepts present in image i: (rows int64 [m], ascending; masks bool [m, s, s])."""
         masks = self.sample(i)[1]
         rows = np.flatnonzero(masks.any(axis=(1, 2)))
         return rows, masks[rows]
@@ -179,7 +180,7 @@ class SyntheticWorld(Probe):
 
     # -------------------------------------------------------------- render
     def render(self, formula: Formula | str, n: int, seed: int = 0, max_tries: int = 200,
-               return_maps: bool = False):
+               return_maps: bool = False) -> tuple[np.ndarray, ...]:
         """n images in which ``formula`` (a concept name or formula) covers at least 1% of the pixels.
 
         The leaves of the formula that are not negated pin the scene or the first

@@ -61,7 +61,8 @@ table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px soli
 .card:target {{ outline: 3px solid #f57900; }}
 .card .title {{ font-weight: bold; }} .card .label {{ font-style: italic; }}
 .card .bar {{ height: 4px; background: #3465a4; margin: 3px 0; }}
-.card .thumbs {{ white-space: nowrap; }} .card .thumbs img {{ margin: 2px 2px 2px 0; border: 1px solid #ddd; }}
+.card .thumbs {{ white-space: nowrap; }} \
+.card .thumbs img {{ margin: 2px 2px 2px 0; border: 1px solid #ddd; }}
 .card a {{ color: #204a87; }}
 """
 
@@ -82,15 +83,17 @@ def _real(value, where: str, *, nonnegative: bool = False) -> float:
     return float(value)
 
 
-def _validate(circuit) -> tuple[list[str], list[dict], list[dict]]:
-    """Checks the fields the page uses; each error names the field."""
+def _check_fields(circuit) -> list[str]:
+    """The circuit is an object with list fields ``layers``, ``nodes`` and ``edges``; returns the layers,
+    distinct strings."""
     if not isinstance(circuit, dict):
         raise InputError(f"circuit.json: expected an object, got {type(circuit).__name__}")
     for field in ("layers", "nodes", "edges"):
         if field not in circuit:
             raise InputError(f"circuit.json: missing field {field!r}")
         if not isinstance(circuit[field], list):
-            raise InputError(f"circuit.json: field {field!r} must be a list, got {type(circuit[field]).__name__}")
+            raise InputError(f"circuit.json: field {field!r} must be a list, "
+                             f"got {type(circuit[field]).__name__}")
     layers = circuit["layers"]
     if not layers:
         raise InputError("circuit.json: field 'layers' is empty")
@@ -99,57 +102,80 @@ def _validate(circuit) -> tuple[list[str], list[dict], list[dict]]:
             raise InputError(f"circuit.json: layers[{i}] must be a string, got {name!r}")
     if len(set(layers)) != len(layers):
         raise InputError(f"circuit.json: layers has duplicates: {layers!r}")
-    ids: dict[str, dict] = {}
-    for i, node in enumerate(circuit["nodes"]):
-        if not isinstance(node, dict):
-            raise InputError(f"circuit.json: nodes[{i}] must be an object, got {node!r}")
-        for field in ("id", "layer"):
-            if field not in node:
-                raise InputError(f"circuit.json: nodes[{i}] is missing field {field!r}")
-        if not isinstance(node["id"], str) or node["id"] in ids:
-            raise InputError(f"circuit.json: nodes[{i}].id {node['id']!r} is not a string or is not unique")
-        if node["layer"] not in layers:
-            raise InputError(f"circuit.json: nodes[{i}].layer {node['layer']!r} is not in layers {layers!r}")
-        for field in ("neurons", "exemplars"):
-            if not isinstance(node.get(field, []), list):
-                raise InputError(f"circuit.json: nodes[{i}].{field} must be a list, got {node[field]!r}")
-        for j, n in enumerate(node.get("neurons", [])):
-            if isinstance(n, bool) or not isinstance(n, int):
-                raise InputError(f"circuit.json: nodes[{i}].neurons[{j}] must be an integer, got {n!r}")
-        for j, path in enumerate(node.get("exemplars", [])):
-            if not isinstance(path, str):
-                raise InputError(f"circuit.json: nodes[{i}].exemplars[{j}] must be a path string, got {path!r}")
-        if node.get("importance") is not None:
-            _real(node["importance"], f"nodes[{i}].importance")
-        ids[node["id"]] = node
-    rank = {name: k for k, name in enumerate(layers)}
-    for i, edge in enumerate(circuit["edges"]):
-        if not isinstance(edge, dict):
-            raise InputError(f"circuit.json: edges[{i}] must be an object, got {edge!r}")
-        for field in ("source", "target", "weight"):
-            if field not in edge:
-                raise InputError(f"circuit.json: edges[{i}] is missing field {field!r}")
-        for field in ("source", "target"):
-            if not isinstance(edge[field], str) or edge[field] not in ids:
-                raise InputError(f"circuit.json: edges[{i}].{field} {edge[field]!r} is not the id of a node")
-        _real(edge["weight"], f"edges[{i}].weight", nonnegative=True)
-        upper, lower = ids[edge["source"]]["layer"], ids[edge["target"]]["layer"]
-        if rank[upper] >= rank[lower]:
-            raise InputError(f"circuit.json: edges[{i}].source {edge['source']!r} (layer {upper!r}) is not above "
-                             f"its target {edge['target']!r} (layer {lower!r})")
+    return layers
+
+
+def _check_node(i: int, node, layers: list[str], ids: dict[str, dict]) -> None:
+    """``nodes[i]``: a new string id, a listed layer, integer neurons, path exemplars, a real importance."""
+    if not isinstance(node, dict):
+        raise InputError(f"circuit.json: nodes[{i}] must be an object, got {node!r}")
+    for field in ("id", "layer"):
+        if field not in node:
+            raise InputError(f"circuit.json: nodes[{i}] is missing field {field!r}")
+    if not isinstance(node["id"], str) or node["id"] in ids:
+        raise InputError(f"circuit.json: nodes[{i}].id {node['id']!r} is not a string or is not unique")
+    if node["layer"] not in layers:
+        raise InputError(f"circuit.json: nodes[{i}].layer {node['layer']!r} is not in layers {layers!r}")
+    for field in ("neurons", "exemplars"):
+        if not isinstance(node.get(field, []), list):
+            raise InputError(f"circuit.json: nodes[{i}].{field} must be a list, got {node[field]!r}")
+    for j, n in enumerate(node.get("neurons", [])):
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise InputError(f"circuit.json: nodes[{i}].neurons[{j}] must be an integer, got {n!r}")
+    for j, path in enumerate(node.get("exemplars", [])):
+        if not isinstance(path, str):
+            raise InputError(f"circuit.json: nodes[{i}].exemplars[{j}] must be a path string, got {path!r}")
+    if node.get("importance") is not None:
+        _real(node["importance"], f"nodes[{i}].importance")
+
+
+def _check_edge(i: int, edge, ids: dict[str, dict], rank: dict[str, int]) -> None:
+    """``edges[i]``: known source and target nodes, a weight >= 0, from an upper to a lower layer."""
+    if not isinstance(edge, dict):
+        raise InputError(f"circuit.json: edges[{i}] must be an object, got {edge!r}")
+    for field in ("source", "target", "weight"):
+        if field not in edge:
+            raise InputError(f"circuit.json: edges[{i}] is missing field {field!r}")
+    for field in ("source", "target"):
+        if not isinstance(edge[field], str) or edge[field] not in ids:
+            raise InputError(f"circuit.json: edges[{i}].{field} {edge[field]!r} is not the id of a node")
+    _real(edge["weight"], f"edges[{i}].weight", nonnegative=True)
+    upper, lower = ids[edge["source"]]["layer"], ids[edge["target"]]["layer"]
+    if rank[upper] >= rank[lower]:
+        raise InputError(f"circuit.json: edges[{i}].source {edge['source']!r} (layer {upper!r}) is not above "
+                         f"its target {edge['target']!r} (layer {lower!r})")
+
+
+def _check_optional(circuit: dict) -> None:
+    """The optional fields: ``truth`` and ``metrics`` objects by layer, ``fidelity`` a list of objects."""
     for field in ("truth", "metrics"):
         value = circuit.get(field)
         if value is not None and not isinstance(value, dict):
             raise InputError(f"circuit.json: field {field!r} must be an object by layer, got {value!r}")
     for name, true in (circuit.get("truth") or {}).items():
-        if not isinstance(true, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in true):
+        if not isinstance(true, list) or not all(isinstance(n, int) and not isinstance(n, bool)
+                                                 for n in true):
             raise InputError(f"circuit.json: truth[{name!r}] must be a list of neuron ids, got {true!r}")
     for name, m in (circuit.get("metrics") or {}).items():
         if not isinstance(m, dict):
             raise InputError(f"circuit.json: metrics[{name!r}] must be an object, got {m!r}")
     fidelity = circuit.get("fidelity")
-    if fidelity is not None and not (isinstance(fidelity, list) and all(isinstance(f, dict) for f in fidelity)):
+    if fidelity is not None and not (isinstance(fidelity, list)
+                                     and all(isinstance(f, dict) for f in fidelity)):
         raise InputError(f"circuit.json: field 'fidelity' must be a list of objects, got {fidelity!r}")
+
+
+def _validate(circuit) -> tuple[list[str], list[dict], list[dict]]:
+    """Checks the fields the page uses; each error names the field. Returns (layers, nodes, edges)."""
+    layers = _check_fields(circuit)
+    ids: dict[str, dict] = {}
+    for i, node in enumerate(circuit["nodes"]):
+        _check_node(i, node, layers, ids)
+        ids[node["id"]] = node
+    rank = {name: k for k, name in enumerate(layers)}
+    for i, edge in enumerate(circuit["edges"]):
+        _check_edge(i, edge, ids, rank)
+    _check_optional(circuit)
     return layers, circuit["nodes"], circuit["edges"]
 
 
@@ -218,11 +244,12 @@ def _card(node, index, pos, children, id_index, true_set, max_importance) -> str
         frac = max(0.0, float(imp)) / max_importance if max_importance > 0 else 0.0
         bar = (f"<div>importance {float(imp):.3f}</div>"
                f"<div class='bar' style='width:{100 * frac:.1f}%'></div>")
-    nlist = (f"<div title='{_e(', '.join(map(str, neurons)))}'>{len(neurons)} neuron{'s' * (len(neurons) != 1)}: "
-             f"{_neurons_html(neurons, true_set)}</div>")
+    nlist = (f"<div title='{_e(', '.join(map(str, neurons)))}'>{len(neurons)} "
+             f"neuron{'s' * (len(neurons) != 1)}: {_neurons_html(neurons, true_set)}</div>")
     exemplars = node.get("exemplars") or []
     thumbs = "".join(
-        f"<a href='{src}'><img src='{src}' width='{THUMB}' height='{THUMB}' alt='exemplar {j + 1} of {_e(nid)}'></a>"
+        f"<a href='{src}'><img src='{src}' width='{THUMB}' height='{THUMB}' "
+        f"alt='exemplar {j + 1} of {_e(nid)}'></a>"
         for j, src in enumerate(_e(quote(p.replace(os.sep, "/"), safe="/")) for p in exemplars[:MAX_THUMBS]))
     if len(exemplars) > MAX_THUMBS:
         thumbs += f"<span class='muted'>+{len(exemplars) - MAX_THUMBS}</span>"
@@ -251,14 +278,16 @@ def _truth_html(layers, circuit, nodes) -> str:
         rows.append(
             f"<tr><td>{_e(name)}</td><td>{len(found)}</td>"
             f"<td>{_e(', '.join(map(str, true))) if name in truth else '-'}</td>"
-            f"<td class='{'miss' if missed else 'ok'}'>{_e(', '.join(map(str, missed))) if missed else 'none'}</td>"
+            f"<td class='{'miss' if missed else 'ok'}'>"
+            f"{_e(', '.join(map(str, missed))) if missed else 'none'}</td>"
             f"<td>{_num(m['precision']) if 'precision' in m else '-'}</td>"
             f"<td>{_num(m['recall']) if 'recall' in m else '-'}</td></tr>")
     if not rows:
         return ""
     return ("<h2>Planted core neurons</h2><p>Neurons on the cards: <span class='ok'>green</span> are planted "
             "core neurons, <span class='miss'>red</span> are not.</p><table id='truth'><tr><th>layer</th>"
-            "<th>neurons in circuit</th><th>true core</th><th>missed</th><th>precision</th><th>recall</th></tr>"
+            "<th>neurons in circuit</th><th>true core</th><th>missed</th><th>precision</th>"
+            "<th>recall</th></tr>"
             + "".join(rows) + "</table>")
 
 
@@ -275,69 +304,90 @@ def _fidelity_html(circuit) -> str:
         rows.append(f"<tr><td>{_e(f.get('layer', ''))}</td><td>{_e(f.get('mode', ''))}</td>"
                     f"<td>{_e(f.get('k', ''))}</td><td>{_num(core)}</td><td>{_num(mean)}</td>"
                     f"<td>{_num(std)}</td><td>{z}</td></tr>")
-    return ("<h2>Fidelity</h2><p>The class output with the circuit's neurons masked (<i>mask</i>) or with only "
-            "them kept (<i>retain</i>), against the same for random sets of k neurons.</p><table id='fidelity'>"
+    return ("<h2>Fidelity</h2><p>The class output with the circuit's neurons masked (<i>mask</i>) or with "
+            "only them kept (<i>retain</i>), against the same for random sets of k neurons.</p>"
+            "<table id='fidelity'>"
             "<tr><th>layer</th><th>mode</th><th>k</th><th>core</th><th>random mean</th><th>random std</th>"
             "<th>(core − mean) / std</th></tr>" + "".join(rows) + "</table>")
 
 
-def write_circuit_html(out_dir, circuit: dict) -> Path:
-    """Write ``out_dir/circuit.html``, a view of ``circuit`` (the content of ``circuit.json``); returns its path.
-
-    Exemplar paths are relative to ``out_dir`` and used as they are. Raises ``InputError`` naming the
-    field when ``layers``, ``nodes`` or ``edges`` is missing or malformed, a node's layer is not listed,
-    or an edge names an unknown node, has a negative weight, or does not go from an upper to a lower layer.
-    """
-    layers, nodes, edges = _validate(circuit)
-    pos, width, height, band_top = _layout(layers, nodes, edges)
-    id_index = {node["id"]: i for i, node in enumerate(nodes)}
-    children: dict[str, list[tuple[str, float]]] = {}
-    for edge in edges:
-        children.setdefault(edge["source"], []).append((edge["target"], float(edge["weight"])))
+def _edges_svg(edges, pos, width: int, height: int) -> str:
+    """The edges as an SVG of the canvas's size: one line per edge, from the bottom of its upper card to
+    the top of its lower card, its width proportional to its weight, heaviest drawn last (on top)."""
     heaviest = max([float(e["weight"]) for e in edges] + [0.0])
-
     lines = []
-    for edge in sorted(edges, key=lambda e: float(e["weight"])):  # heaviest drawn last, on top
+    for edge in sorted(edges, key=lambda e: float(e["weight"])):
         (sx, sy), (tx, ty) = pos[edge["source"]], pos[edge["target"]]
         w = float(edge["weight"])
         stroke = MAX_STROKE * w / heaviest if heaviest > 0 else 0.0
         lines.append(
             f"<line x1='{sx + CARD_W / 2:.1f}' y1='{sy + CARD_H}' x2='{tx + CARD_W / 2:.1f}' y2='{ty}' "
-            f"stroke-width='{stroke:.3f}' data-source='{_e(edge['source'])}' data-target='{_e(edge['target'])}' "
+            f"stroke-width='{stroke:.3f}' data-source='{_e(edge['source'])}' "
+            f"data-target='{_e(edge['target'])}' "
             f"data-weight='{w:.6g}'><title>{_e(edge['source'])} → {_e(edge['target'])}: weight {w:.3f}"
             f"</title></line>")
-    svg = (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
-           f"viewBox='0 0 {width} {height}'>{''.join(lines)}</svg>")
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+            f"viewBox='0 0 {width} {height}'>{''.join(lines)}</svg>")
 
-    truth = circuit.get("truth") or {}
-    importances = [float(n["importance"]) for n in nodes if n.get("importance") is not None]
-    max_importance = max(importances + [0.0])
+
+def _bands_html(layers, nodes, band_top, width: int) -> str:
+    """One band per layer: its title and node count, behind its cards."""
     bands = []
     for name in layers:
         count = sum(n["layer"] == name for n in nodes)
         bands.append(f"<section class='band' style='top:{band_top[name]}px;width:{width}px;"
                      f"height:{LABEL_H + CARD_H}px'><h2>{_e(name)} <span class='muted'>({count} node"
                      f"{'s' * (count != 1)})</span></h2></section>")
+    return "".join(bands)
+
+
+def _cards_html(circuit, nodes, edges, pos) -> str:
+    """Every node's card, in the order of ``nodes``."""
+    id_index = {node["id"]: i for i, node in enumerate(nodes)}
+    children: dict[str, list[tuple[str, float]]] = {}
+    for edge in edges:
+        children.setdefault(edge["source"], []).append((edge["target"], float(edge["weight"])))
+    truth = circuit.get("truth") or {}
+    importances = [float(n["importance"]) for n in nodes if n.get("importance") is not None]
+    max_importance = max(importances + [0.0])
     cards = []
     for node in nodes:
         true_set = set(truth[node["layer"]]) if node["layer"] in truth else None
-        cards.append(_card(node, id_index[node["id"]], pos[node["id"]], children.get(node["id"], []), id_index,
-                           true_set, max_importance))
+        cards.append(_card(node, id_index[node["id"]], pos[node["id"]], children.get(node["id"], []),
+                           id_index, true_set, max_importance))
+    return "".join(cards)
+
+
+def write_circuit_html(out_dir: str | os.PathLike, circuit: dict) -> Path:
+    """Write ``out_dir/circuit.html``, a view of ``circuit`` (the content of ``circuit.json``); returns
+    its path.
+
+    Exemplar paths are relative to ``out_dir`` and used as they are. Raises ``InputError`` naming the
+    field when ``layers``, ``nodes`` or ``edges`` is missing or malformed, a node's layer is not listed,
+    or an edge names an unknown node, has a negative weight, or does not go from an upper to a lower
+    layer.
+    """
+    layers, nodes, edges = _validate(circuit)
+    pos, width, height, band_top = _layout(layers, nodes, edges)
+    svg = _edges_svg(edges, pos, width, height)
+    bands = _bands_html(layers, nodes, band_top, width)
+    cards = _cards_html(circuit, nodes, edges, pos)
 
     cls = circuit.get("class", "?")
-    facts = [f"class <b>{_e(cls)}</b>" + (f" (index {_e(circuit['class_index'])})" if "class_index" in circuit else "")]
+    facts = [f"class <b>{_e(cls)}</b>"
+             + (f" (index {_e(circuit['class_index'])})" if "class_index" in circuit else "")]
     for field in ("model", "method"):
         if circuit.get(field) is not None:
             facts.append(f"{field} <b>{_e(circuit[field])}</b>")
     title = f"Circuit for {cls}"
     body = (f"<h1>{_e(title)}</h1><p>{' · '.join(facts)} · {len(nodes)} nodes in {len(layers)} layers, "
-            f"{len(edges)} edges</p><p class='muted'>Read from the top (the class logit) down: each card is a group "
-            "of neurons with its top exemplar crops; a line joins an upper node to a lower node it draws on, its "
-            "width proportional to the edge weight (weights sum to 1 over each upper node's edges; hover a line "
-            "for its weight). Links on a card jump to its heaviest lower nodes.</p>"
+            f"{len(edges)} edges</p><p class='muted'>Read from the top (the class logit) down: each card is "
+            "a group of neurons with its top exemplar crops; a line joins an upper node to a lower node it "
+            "draws on, its width proportional to the edge weight (weights sum to 1 over each upper node's "
+            "edges; hover a line for its weight). Links on a card jump to its heaviest lower nodes.</p>"
             + _truth_html(layers, circuit, nodes) + _fidelity_html(circuit)
             + f"<h2>Circuit</h2><div class='scroll'><div class='canvas' id='circuit' style='width:{width}px;"
-            f"height:{height}px'>{svg}{''.join(bands)}{''.join(cards)}</div></div>")
+            f"height:{height}px'>{svg}{bands}{cards}</div></div>")
     path = Path(out_dir) / "circuit.html"
     write_text(path, page(f"{title} — neurcore", body, css=_CSS))
     return path

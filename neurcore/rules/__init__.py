@@ -8,7 +8,7 @@ and every result is an :class:`~neurcore.results.Explanation`.
 - :class:`BeamSearch`: compositional beam search over AND, OR, AND NOT (Mu & Andreas,
   "Compositional Explanations of Neurons", NeurIPS 2020).
 - :class:`OptimalSearch`: the best formula of bounded length by branch and bound, with a
-  certificate (La Rosa & Gilpin, guaranteed-optimal compositional explanations, 2025).
+  certificate (La Rosa & Gilpin, "Guaranteed Optimal Compositional Explanations for Neurons", 2025).
 - :class:`ClusteredSearch`: one formula per activation range with the MMESH heuristic (La Rosa,
   Gilpin, Capobianco, "Towards a fuller understanding of neurons with Clustered Compositional
   Explanations", NeurIPS 2023).

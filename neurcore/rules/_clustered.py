@@ -31,6 +31,9 @@ concept index, operator OR, AND, AND NOT).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
 import numpy as np
 
 from ..engine import (
@@ -67,9 +70,11 @@ def activation_ranges(values: np.ndarray, n_clusters: int = 5, seed: int = 0) ->
     return sorted(ranges)
 
 
-def range_masks(maps: np.ndarray, ranges, mask_shape, *, strict: bool = False, batch_size: int = 64) -> BitMasks:
+def range_masks(maps: np.ndarray, ranges: Sequence[tuple[float, float]], mask_shape: tuple[int, int], *,
+                strict: bool = False, batch_size: int = 64) -> BitMasks:
     """Masks [len(ranges), n_images, *mask_shape] of one unit's maps [n_images, h, w], upsampled
-    bilinearly (torch, align_corners=False) then cut by the ranges (see the module docstring)."""
+    bilinearly (torch, align_corners=False) then cut by the ranges (lo, hi) of
+    :func:`activation_ranges` (see the module docstring); ``batch_size`` images at a time."""
     import torch
     import torch.nn.functional as F
 
@@ -78,7 +83,8 @@ def range_masks(maps: np.ndarray, ranges, mask_shape, *, strict: bool = False, b
     lows = np.array([r[0] for r in ranges])
     for s in range(0, len(maps), batch_size):
         a = torch.from_numpy(np.array(maps[s : s + batch_size], dtype=np.float32))
-        up = F.interpolate(a[:, None], size=tuple(mask_shape), mode="bilinear", align_corners=False)[:, 0].numpy()
+        up = F.interpolate(a[:, None], size=tuple(mask_shape), mode="bilinear", align_corners=False)
+        up = up[:, 0].numpy()
         out = np.zeros((k, len(a), *mask_shape), bool)
         for j, (lo, hi) in enumerate(ranges):
             if strict:
@@ -113,13 +119,17 @@ def _hull(p, q):
 
 
 class MaskStats:
-    """Per-image quantities of rows of masks: areas [n, N], and boxes / inscribed rectangles [n, N, 4]."""
+    """Per-image quantities of rows of masks, for MMESH: areas int64 [n, N] (pixels), bounding boxes
+    and inscribed rectangles int32 [n, N, 4] ``(y0, x0, y1, x1)`` inclusive, ``(0, 0, -1, -1)`` when
+    empty."""
 
-    def __init__(self, area, box, rect):
+    def __init__(self, area: np.ndarray, box: np.ndarray, rect: np.ndarray):
         self.area, self.box, self.rect = area, box, rect
 
     @classmethod
     def measure(cls, masks: BitMasks) -> "MaskStats":
+        """Measure every row and image of ``masks`` (image shape (h, w)): exact areas, bounding boxes
+        and a largest inscribed rectangle."""
         n, n_img = masks.n, masks.n_images
         h, w = masks.image_shape
         area = host(masks.count(per_image=True)).astype(np.int64)
@@ -194,7 +204,8 @@ def mmesh_estimates(f: MaskStats, fa_img: np.ndarray, c: MaskStats, ca_img: np.n
                 min_a = l - _overlap(lb, c.box)
                 exact_a, exact_i = np.minimum(l, pixels - r), max_i
             min_a = np.maximum(min_a, max_i)
-            # Where one side fills or misses every image, area and intersection are exact (anchor's scene case).
+            # Where one side fills or misses every image, area and intersection are exact (the anchor's
+            # scene case).
             max_i = np.where(scene[:, None], exact_i, max_i)
             min_a = np.where(scene[:, None], exact_a, min_a)
             si, sa = max_i.sum(1), min_a.sum(1)
@@ -203,27 +214,76 @@ def mmesh_estimates(f: MaskStats, fa_img: np.ndarray, c: MaskStats, ca_img: np.n
 
 
 # ------------------------------------------------------------------ search
+@dataclass
+class _RangeCounts:
+    """A range mask A and its counts against the concepts C: per image [N] / [n_c, N] and in all."""
+
+    A: BitMasks
+    CA: BitMasks            # rows C ∧ A
+    a_img: np.ndarray       # |A_x| [N]
+    a: int                  # |A|
+    ca_img: np.ndarray      # |C_x ∧ A_x| [n_c, N]
+    ca: np.ndarray          # |C ∧ A| [n_c]
+    c_cnt: np.ndarray       # |C| [n_c]
+
+
+@dataclass
+class _Beam:
+    """Beam entries (formula, iou, leaves), with their rows and per-image stats in step with the list."""
+
+    entries: list
+    f_rows: BitMasks
+    fa_rows: BitMasks
+    f_stats: MaskStats | None
+    fa_img: np.ndarray
+
+
+def _visit(exact: np.ndarray, est: np.ndarray, valid: np.ndarray, entries: list,
+           limit: int) -> tuple[list, int]:
+    """Visit candidates in order of their estimate, scoring them exactly, until the pool of the best
+    ``limit`` is full and the estimate falls below its minimum -> (pool of (iou, order key), number
+    evaluated). Beam entries come first in the order keys."""
+    order = [p for p in np.argsort(-est, kind="stable") if valid[p]]
+    kept = sorted(range(len(entries)), key=lambda i: (-entries[i][1], i))[:limit]
+    pool = [(entries[i][1], i) for i in kept]
+    flat = exact.reshape(-1)
+    evaluated = 0
+    for p in order:
+        full = len(pool) >= limit
+        worst = min(v for v, _ in pool) if pool else -np.inf
+        if full and est[p] < worst:
+            break
+        evaluated += 1
+        pool.append((flat[p], len(entries) + p))
+        pool = sorted(pool, key=lambda t: (-t[0], t[1]))[:limit]
+    return pool, evaluated
+
+
 class ClusteredSearch:
-    """Clustered compositional explanations: one formula per activation range of each unit."""
+    """Clustered compositional explanations: one formula per activation range of each unit (La Rosa,
+    Gilpin, Capobianco, "Towards a fuller understanding of neurons with Clustered Compositional
+    Explanations", NeurIPS 2023), searched with the MMESH heuristic."""
 
     def __init__(self, concepts: ConceptSet):
         self.concepts = concepts
         self._stats = None
 
     def concept_stats(self) -> MaskStats:
+        """The concepts' per-image stats for MMESH, measured once per search object."""
         if self._stats is None:
             self._stats = MaskStats.measure(self.concepts.masks)
         return self._stats
 
     def explain(self, activations: np.ndarray, *, n_clusters: int = 5, length: int = 3, beam: int = 5,
                 heuristic: str = "mmesh", strict_ranges: bool = False, layer: str | None = None,
-                units=None) -> list[Explanation]:
+                units: Iterable[int] | None = None) -> list[Explanation]:
         """One Explanation per unit of ``activations`` [n_images, units, h, w] (raw maps).
 
         ``ranges`` holds, lowest first, each range's bounds, formula, IoU, counts and metrics; the
         top-level formula and IoU are those of the highest range; ``extra`` has the mean IoU over
         ranges, and the candidates evaluated exactly versus the whole search space.
-        heuristic: "mmesh" or "none" (visit every candidate).
+        heuristic: "mmesh" or "none" (visit every candidate). units: which units (indices into the
+        second axis) to explain, default all. length: most concepts per formula; beam: beam width.
         """
         if heuristic not in ("mmesh", "none"):
             raise InputError(f"heuristic must be 'mmesh' or 'none', got {heuristic!r}")
@@ -237,7 +297,9 @@ class ClusteredSearch:
         for u in (range(activations.shape[1]) if units is None else units):
             maps = np.asarray(activations[:, u])
             ranges = activation_ranges(maps, n_clusters)
-            masks = range_masks(maps, ranges, concepts.masks.image_shape, strict=strict_ranges) if ranges else None
+            masks = None
+            if ranges:
+                masks = range_masks(maps, ranges, concepts.masks.image_shape, strict=strict_ranges)
             per_range = []
             evaluated = space = 0
             for j, rg in enumerate(ranges):
@@ -251,77 +313,95 @@ class ClusteredSearch:
                             metrics=top.get("metrics", {}), categories=top.get("categories"))
             r.ranges = per_range
             r.extra.update(mean_iou=float(np.mean([p["iou"] for p in per_range])) if per_range else 0.0,
-                           candidates_evaluated=int(evaluated), candidates_in_space=int(space), heuristic=heuristic)
+                           candidates_evaluated=int(evaluated), candidates_in_space=int(space),
+                           heuristic=heuristic)
             out.append(r)
         return out
 
     def _search(self, A: BitMasks, length: int, beam: int, heuristic: str) -> dict:
-        concepts = self.concepts
-        C, names = concepts.masks, concepts.names
-        n = concepts.n
-        a_img = host(A.count(per_image=True))[0].astype(np.int64)
-        a = int(a_img.sum())
-        CA = combine_rows("and", C, np.arange(n), A, np.zeros(n, np.int64))
-        ca_img = host(CA.count(per_image=True)).astype(np.int64)
-        ca, c_cnt = ca_img.sum(1), host(C.count()).astype(np.int64)
-        iou1 = iou_of(ca, c_cnt + a - ca)
+        """The explanation of one range mask A (the anchor's ``heuristic_search``), with the number of
+        candidates evaluated exactly and the size of the search space."""
+        n = self.concepts.n
+        counts = self._range_counts(A)
+        iou1 = iou_of(counts.ca, counts.c_cnt + counts.a - counts.ca)
         first = [int(k) for k in np.argsort(-iou1, kind="stable")[: 2 * beam] if iou1[k] > 0]
         if not first:
             return {"formula": None, "iou": 0.0, "length": 0, "evaluated": n, "space": n}
-        # Beam entries: (formula, iou, leaves); rows and per-image stats kept in step with the list.
-        entries = [(Leaf(names[k]), float(iou1[k]), (k,)) for k in first]
-        f_rows, fa_rows = C[np.array(first)], CA[np.array(first)]
         c_stats = self.concept_stats() if heuristic == "mmesh" else None
-        f_stats = MaskStats(c_stats.area[first], c_stats.box[first], c_stats.rect[first]) if c_stats else None
-        fa_img = ca_img[first]
+        state = self._first_beam(first, iou1, counts, c_stats)
         evaluated = space = n
         for step in range(1, length):
             limit = beam if step < length - 1 else 1
-            fc = host(intersect_counts(f_rows, C)).astype(np.int64)
-            fca = host(intersect_counts(fa_rows, C)).astype(np.int64)
-            f = host(f_rows.count()).astype(np.int64)[:, None]
-            fa = host(fa_rows.count()).astype(np.int64)[:, None]
-            exact = np.stack([iou_of(*candidate_counts(op, f, fa, c_cnt[None], ca[None], fc, fca, a))
-                              for op in OPERATORS], axis=-1)
-            for i, e in enumerate(entries):
-                exact[i, list(e[2])] = -np.inf  # concepts already in the formula are skipped
+            exact = self._exact_ious(state, counts)
             valid = np.isfinite(exact).reshape(-1)
             space += int(valid.sum())
-            if heuristic == "mmesh":
-                est = mmesh_estimates(f_stats, fa_img, c_stats, ca_img, a_img, int(np.prod(C.image_shape)))
-                est = est.reshape(-1)
+            est = self._estimates(state, counts, c_stats, heuristic, exact.size)
+            pool, visited = _visit(exact, est, valid, state.entries, limit)
+            evaluated += visited
+            state = self._next_beam(state, pool, exact.shape, limit, counts, c_stats, heuristic)
+        return self._describe(state.entries[0][0], A) | {"evaluated": evaluated, "space": space}
+
+    def _range_counts(self, A: BitMasks) -> "_RangeCounts":
+        """The counts of a range mask A against the concepts that every step scores from."""
+        C, n = self.concepts.masks, self.concepts.n
+        a_img = host(A.count(per_image=True))[0].astype(np.int64)
+        CA = combine_rows("and", C, np.arange(n), A, np.zeros(n, np.int64))
+        ca_img = host(CA.count(per_image=True)).astype(np.int64)
+        return _RangeCounts(A=A, CA=CA, a_img=a_img, a=int(a_img.sum()), ca_img=ca_img, ca=ca_img.sum(1),
+                            c_cnt=host(C.count()).astype(np.int64))
+
+    def _first_beam(self, first: list[int], iou1: np.ndarray, counts: "_RangeCounts",
+                    c_stats: MaskStats | None) -> "_Beam":
+        """The beam of the single concepts ``first``."""
+        C, names = self.concepts.masks, self.concepts.names
+        entries = [(Leaf(names[k]), float(iou1[k]), (k,)) for k in first]
+        f_stats = MaskStats(c_stats.area[first], c_stats.box[first], c_stats.rect[first]) if c_stats else None
+        return _Beam(entries, C[np.array(first)], counts.CA[np.array(first)], f_stats, counts.ca_img[first])
+
+    def _exact_ious(self, state: "_Beam", counts: "_RangeCounts") -> np.ndarray:
+        """IoU of every F op C -> [n_beam, n_c, 3]; -inf where C is already in F (skipped)."""
+        C = self.concepts.masks
+        fc = host(intersect_counts(state.f_rows, C)).astype(np.int64)
+        fca = host(intersect_counts(state.fa_rows, C)).astype(np.int64)
+        f = host(state.f_rows.count()).astype(np.int64)[:, None]
+        fa = host(state.fa_rows.count()).astype(np.int64)[:, None]
+        exact = np.stack([iou_of(*candidate_counts(op, f, fa, counts.c_cnt[None], counts.ca[None], fc, fca,
+                                                   counts.a)) for op in OPERATORS], axis=-1)
+        for i, e in enumerate(state.entries):
+            exact[i, list(e[2])] = -np.inf  # concepts already in the formula are skipped
+        return exact
+
+    def _estimates(self, state: "_Beam", counts: "_RangeCounts", c_stats: MaskStats | None, heuristic: str,
+                   size: int) -> np.ndarray:
+        """The flat order keys of the candidates: MMESH estimates, or +inf for all (visit every one)."""
+        if heuristic != "mmesh":
+            return np.full(size, np.inf)
+        pixels = int(np.prod(self.concepts.masks.image_shape))
+        est = mmesh_estimates(state.f_stats, state.fa_img, c_stats, counts.ca_img, counts.a_img, pixels)
+        return est.reshape(-1)
+
+    def _next_beam(self, state: "_Beam", pool: list, shape: tuple, limit: int, counts: "_RangeCounts",
+                   c_stats: MaskStats | None, heuristic: str) -> "_Beam":
+        """The new beam: the best ``limit`` of the old beam and the evaluated candidates ``pool``
+        (flat keys past the old entries index candidates of ``shape`` [n_beam, n_c, 3])."""
+        names, entries = self.concepts.names, state.entries
+        candidates = sorted({(v, key) for v, key in pool} | {(e[1], i) for i, e in enumerate(entries)},
+                            key=lambda t: (-t[0], t[1]))[:limit]
+        new_entries, sel_old, new_specs = [], [], []
+        for v, key in candidates:
+            if key < len(entries):
+                new_entries.append(entries[key])
+                sel_old.append(key)
             else:
-                est = np.full(exact.size, np.inf)
-            order = [p for p in np.argsort(-est, kind="stable") if valid[p]]
-            kept = sorted(range(len(entries)), key=lambda i: (-entries[i][1], i))[:limit]
-            pool = [(entries[i][1], i) for i in kept]  # (iou, order key); beam entries come first
-            flat = exact.reshape(-1)
-            for p in order:
-                full = len(pool) >= limit
-                worst = min(v for v, _ in pool) if pool else -np.inf
-                if full and est[p] < worst:
-                    break
-                evaluated += 1
-                pool.append((flat[p], len(entries) + p))
-                pool = sorted(pool, key=lambda t: (-t[0], t[1]))[:limit]
-            # New beam: the best of the old beam and the evaluated candidates.
-            candidates = sorted({(v, key) for v, key in pool} | {(e[1], i) for i, e in enumerate(entries)},
-                                key=lambda t: (-t[0], t[1]))[:limit]
-            new_entries, sel_old, new_specs = [], [], []
-            for v, key in candidates:
-                if key < len(entries):
-                    new_entries.append(entries[key])
-                    sel_old.append(key)
-                else:
-                    i, c, o = np.unravel_index(key - len(entries), exact.shape)
-                    op = OPERATORS[o]
-                    new_entries.append((OP_NODE[op](entries[i][0], Leaf(names[c])), float(v),
-                                        entries[i][2] + (int(c),)))
-                    new_specs.append((int(i), int(c), op))
-            f_rows, fa_rows, f_stats, fa_img = self._next_rows(
-                f_rows, fa_rows, f_stats, fa_img, sel_old, new_specs, A, CA, c_stats, heuristic)
-            entries = new_entries
-        return self._describe(entries[0][0], A) | {"evaluated": evaluated, "space": space}
+                i, c, o = np.unravel_index(key - len(entries), shape)
+                op = OPERATORS[o]
+                new_entries.append((OP_NODE[op](entries[i][0], Leaf(names[c])), float(v),
+                                    entries[i][2] + (int(c),)))
+                new_specs.append((int(i), int(c), op))
+        f_rows, fa_rows, f_stats, fa_img = self._next_rows(
+            state.f_rows, state.fa_rows, state.f_stats, state.fa_img, sel_old, new_specs, counts.A, counts.CA,
+            c_stats, heuristic)
+        return _Beam(new_entries, f_rows, fa_rows, f_stats, fa_img)
 
     def _next_rows(self, f_rows, fa_rows, f_stats, fa_img, sel_old, new_specs, A, CA, c_stats, heuristic):
         C = self.concepts.masks
@@ -343,7 +423,8 @@ class ClusteredSearch:
         old = MaskStats(f_stats.area[sel_old], f_stats.box[sel_old], f_stats.rect[sel_old])
         if new_specs:
             derived = f_stats.derive(li, c_stats, ci, [s[2] for s in new_specs], area[len(sel_old):])
-            stats = MaskStats(area, np.concatenate([old.box, derived.box]), np.concatenate([old.rect, derived.rect]))
+            stats = MaskStats(area, np.concatenate([old.box, derived.box]),
+                              np.concatenate([old.rect, derived.rect]))
         else:
             stats = MaskStats(area, old.box, old.rect)
         return nf, nfa, stats, new_fa_img

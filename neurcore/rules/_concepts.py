@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from ..engine import BitMasks
 from ..errors import InputError
 from .formula import Formula, parse
@@ -10,9 +12,11 @@ __all__ = ["ConceptSet"]
 
 
 class ConceptSet:
-    """Concept masks (``BitMasks``, one row per concept) with unique names and optional categories."""
+    """Concept masks (``BitMasks`` [n_concepts, n_images, *image_shape], one row per concept) with
+    unique names and optional categories (``object``, ``color``, ... as a probe labels them), aligned
+    with the rows."""
 
-    def __init__(self, masks: BitMasks, names, categories=None):
+    def __init__(self, masks: BitMasks, names: Sequence[str], categories: Sequence[str] | None = None):
         if not isinstance(masks, BitMasks):
             raise TypeError(f"ConceptSet: masks must be a BitMasks, got {type(masks).__name__}")
         names = [str(n) for n in names]
@@ -31,11 +35,13 @@ class ConceptSet:
 
     @property
     def n(self) -> int:
+        """Number of concepts."""
         return self.masks.n
 
     def evaluate(self, formula: Formula | str) -> BitMasks:
         """The mask of a formula (object or string) as a one-row BitMasks."""
         return (parse(formula) if isinstance(formula, str) else formula).evaluate(self.masks, self.index)
 
-    def to(self, device) -> "ConceptSet":
+    def to(self, device: str) -> "ConceptSet":
+        """The same concepts with their masks on ``device`` ("cpu", "cuda", "cuda:1")."""
         return ConceptSet(self.masks.to(device), self.names, self.categories)

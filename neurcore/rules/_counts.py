@@ -33,8 +33,10 @@ OPS_CODE = {**OP_CODES, "AND": OP_CODES["and"], "OR": OP_CODES["or"], "AND NOT":
 DETECTOR_THRESHOLD = 0.04
 
 
-def candidate_counts(op: str, f, fa, c, ca, fc, fca, a):
-    """(intersection, union) of ``F op C`` with the unit mask A, from counts (broadcasting arrays).
+def candidate_counts(op: str, f: np.ndarray, fa: np.ndarray, c: np.ndarray, ca: np.ndarray, fc: np.ndarray,
+                     fca: np.ndarray, a: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection, union) in pixels of ``F op C`` (op in :data:`OPERATORS`) with the unit mask A,
+    from int64 pixel counts that broadcast together.
 
     f = |F|, fa = |F∧A|, c = |C|, ca = |C∧A|, fc = |F∧C|, fca = |F∧C∧A|, a = |A|.
     """
@@ -52,7 +54,7 @@ def candidate_counts(op: str, f, fa, c, ca, fc, fca, a):
     return inter, union
 
 
-def iou_of(inter, union):
+def iou_of(inter: np.ndarray | float, union: np.ndarray | float) -> np.ndarray:
     """IoU = inter / union elementwise (arrays broadcast), 0 where union is 0 -> float64."""
     inter, union = np.asarray(inter, dtype=np.float64), np.asarray(union, dtype=np.float64)
     return np.divide(inter, union, out=np.zeros(np.broadcast(inter, union).shape), where=union > 0)
@@ -94,7 +96,9 @@ def explanations(method, units, concepts, formulas, f_rows, fa_rows, a_cnt, beam
             continue
         inter, uni = int(fa_cnt[u]), int(union[u])
         iou = float(iou_of(inter, uni))
-        cats = [concepts.categories[concepts.index[n]] for n in formula.leaves()] if concepts.categories else None
+        cats = None
+        if concepts.categories:
+            cats = [concepts.categories[concepts.index[n]] for n in formula.leaves()]
         out.append(Explanation(
             unit=u, method=method, formula=str(formula), iou=iou, length=len(formula), layer=layer,
             categories=cats,

@@ -16,7 +16,8 @@ __all__ = ["NetworkDissection"]
 
 
 class NetworkDissection:
-    """Best single concept per unit by IoU (Bau et al. 2017), all units against all concepts at once.
+    """Best single concept per unit by IoU (Bau et al., "Network Dissection: Quantifying
+    Interpretability of Deep Visual Representations", CVPR 2017), all units against all concepts at once.
 
     >>> NetworkDissection(concepts).explain(units, threshold=0.04)
     """
@@ -46,7 +47,8 @@ class NetworkDissection:
             iou = np.where(keep[None, :], iou, -1.0)
         best = iou.argmax(axis=1) if concepts.n else np.zeros(units.n, np.int64)
         a_cnt = host(units.count())
-        formulas = [Leaf(concepts.names[b]) if concepts.n and iou[u, b] > 0 else None for u, b in enumerate(best)]
+        formulas = [Leaf(concepts.names[b]) if concepts.n and iou[u, b] > 0 else None
+                    for u, b in enumerate(best)]
         rows = concepts.masks[best] if concepts.n else BitMasks.zeros(units.n, units.sample_shape)
         out = explanations("dissect", units, concepts, formulas, rows, rows & units, a_cnt, layer=layer)
         for r in out:

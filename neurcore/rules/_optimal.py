@@ -1,8 +1,8 @@
 """Guaranteed-optimal compositional explanations by branch and bound over counts.
 
-The space (La Rosa & Gilpin 2025): left-deep formulas of up to ``length``
-distinct concepts joined by OR, AND and AND NOT. The optimum maximizes IoU;
-ties go to the shorter formula, then to the first in enumeration order: the
+The space (La Rosa & Gilpin, "Guaranteed Optimal Compositional Explanations for Neurons", 2025):
+left-deep formulas of up to ``length`` distinct concepts joined by OR, AND and AND NOT. The
+optimum maximizes IoU; ties go to the shorter formula, then to the first in enumeration order: the
 smallest tuple (c1, op1, c2, op2, c3, ...) of concept indices and operator
 indices (OR 0, AND 1, AND NOT 2).
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,8 +49,46 @@ def _formula(names, leaves, ops) -> Formula:
     return f
 
 
+@dataclass
+class _Search:
+    """The branch and bound of one unit: counts it scores from, the incumbent, the queue and tallies."""
+
+    CA: BitMasks            # rows C ∧ A
+    a: int                  # |A|
+    ca: np.ndarray          # |C ∧ A| [n]
+    c_cnt: np.ndarray       # |C| [n]
+    f2: np.ndarray          # |F| of the length-2 formulas [n, n, 3]
+    m: int                  # max_C |C ∧ A|
+    length: int
+    best: tuple             # (iou, length, key)
+    scored: int
+    certificate: float = 0.0  # largest bound of a subtree not expanded
+    queue: list = field(default_factory=list)  # heap of (-bound, leaves, ops)
+    expanded: int = 0
+
+
+def _settled(scored: int) -> dict:
+    """The certificate fields of an exhaustive answer: nothing left unexplored."""
+    return {"optimal": True, "certificate": 0.0, "gap": 0.0, "nodes_expanded": 0, "candidates": scored}
+
+
+def _best_pair(f2: np.ndarray, fa2: np.ndarray, a: int, best: tuple) -> tuple:
+    """The incumbent after scoring every length-2 formula (i, j, op), i != j, exactly."""
+    n = len(f2)
+    iou2 = iou_of(fa2, f2 + a - fa2)
+    iou2[np.arange(n), np.arange(n)] = -np.inf
+    by_key = iou2.transpose(0, 2, 1)  # enumeration order (i, op, j): argmax takes the first maximum
+    k2 = int(np.argmax(by_key))
+    if by_key.flat[k2] > best[0]:
+        i, o, j = np.unravel_index(k2, by_key.shape)
+        best = (float(by_key.flat[k2]), 2, (int(i), int(o), int(j)))
+    return best
+
+
 class OptimalSearch:
-    """Best formula of up to ``length`` concepts for every unit, with a certificate of optimality."""
+    """Best formula of up to ``length`` concepts for every unit, with a certificate of optimality (La Rosa
+    & Gilpin, "Guaranteed Optimal Compositional Explanations for Neurons", 2025), by branch and bound
+    over intersection counts."""
 
     #: Largest |F ∧ C| table (length-2 formulas x concepts) kept for all units of a concept set.
     TABLE_LIMIT = 20_000_000
@@ -67,7 +106,8 @@ class OptimalSearch:
         if self._fc2 is None:
             C = self.concepts.masks
             table = np.zeros((n, 3, n, n), np.int64)
-            ii, oo, jj = (x.reshape(-1) for x in np.meshgrid(np.arange(n), np.arange(3), np.arange(n), indexing="ij"))
+            grid = np.meshgrid(np.arange(n), np.arange(3), np.arange(n), indexing="ij")
+            ii, oo, jj = (x.reshape(-1) for x in grid)
             for s in range(0, len(ii), 256):
                 rows = combine_rows(_CODE[oo[s : s + 256]], C, ii[s : s + 256], C, jj[s : s + 256])
                 table[ii[s : s + 256], oo[s : s + 256], jj[s : s + 256]] = host(intersect_counts(rows, C))
@@ -97,108 +137,129 @@ class OptimalSearch:
         a_all = host(units.count()).astype(np.int64)
         best_formulas, extras = [], []
         for u in range(units.n):
-            f, extra = self._unit(units[u], a_all[u], ca_all[u], c_cnt, cc, n, length, max_nodes, time_budget, batch)
+            f, extra = self._unit(units[u], a_all[u], ca_all[u], c_cnt, cc, n, length, max_nodes, time_budget,
+                                  batch)
             best_formulas.append(f)
             extras.append(extra)
-        rows = [concepts.evaluate(f) if f is not None else BitMasks.zeros(1, units.sample_shape) for f in best_formulas]
+        rows = [concepts.evaluate(f) if f is not None else BitMasks.zeros(1, units.sample_shape)
+                for f in best_formulas]
         f_rows = BitMasks.concat([r.to(units.device) if r.device != units.device else r for r in rows])
-        out = explanations("optimal", units, concepts, best_formulas, f_rows, f_rows & units, a_all, layer=layer)
+        out = explanations("optimal", units, concepts, best_formulas, f_rows, f_rows & units, a_all,
+                           layer=layer)
         for r, extra in zip(out, extras):
             r.extra.update(extra)
         return out
 
-    def _unit(self, A: BitMasks, a: int, ca: np.ndarray, c_cnt: np.ndarray, cc, n: int, length: int,
-              max_nodes, time_budget, batch):
+    def _unit(self, A: BitMasks, a: int, ca: np.ndarray, c_cnt: np.ndarray, cc: np.ndarray | None, n: int,
+              length: int, max_nodes: int | None, time_budget: float | None,
+              batch: int) -> tuple[Formula | None, dict]:
+        """Best formula and certificate fields for one unit A (|A| = a, |C ∧ A| = ca [n])."""
         names = self.concepts.names
-        C = self.concepts.masks
         t0 = time.perf_counter()
-        scored = n
-
-        def settled(formula):  # exhaustive answers, nothing left unexplored
-            return formula, {"optimal": True, "certificate": 0.0, "gap": 0.0, "nodes_expanded": 0,
-                             "candidates": scored}
         # best = (iou, length, key); key orders formulas of one length by enumeration.
         iou1 = iou_of(ca, c_cnt + a - ca)
         if n == 0 or a == 0 or iou1.max() <= 0:
-            return settled(None)
+            return None, _settled(n)
         k1 = int(np.argmax(iou1))
         best = (float(iou1[k1]), 1, (k1,))
         if length == 1:
-            return settled(Leaf(names[k1]))
-        m = int(ca.max())
-        CA = combine_rows("and", C, np.arange(n), A, np.zeros(n, np.int64))
-        cca = host(intersect_counts(CA, C)).astype(np.int64)  # |C_i ∧ C_j ∧ A|
-        # All length-2 formulas (i, j, op), i != j, exactly.
+            return Leaf(names[k1]), _settled(n)
+        CA = combine_rows("and", self.concepts.masks, np.arange(n), A, np.zeros(n, np.int64))
+        f2, fa2 = self._pair_counts(CA, ca, c_cnt, cc)
+        best = _best_pair(f2, fa2, a, best)
+        scored = n + n * (n - 1) * 3
+        if length == 2:
+            return self._result(best, names), _settled(scored)
+        search = _Search(CA=CA, a=a, ca=ca, c_cnt=c_cnt, f2=f2, m=int(ca.max()), length=length, best=best,
+                         scored=scored)
+        self._seed_queue(search, fa2, max_nodes)
+        budget_hit = self._branch_and_bound(search, max_nodes, time_budget, batch, t0)
+        gap = max(0.0, search.certificate - search.best[0]) if budget_hit else 0.0
+        return self._result(search.best, names), {
+            "optimal": not budget_hit, "certificate": search.certificate, "gap": gap,
+            "nodes_expanded": search.expanded, "candidates": search.scored}
+
+    def _pair_counts(self, CA: BitMasks, ca: np.ndarray, c_cnt: np.ndarray,
+                     cc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """|F| and |F ∧ A| of every length-2 formula F = C_i op C_j -> two int64 [n, n, 3] (i, j, op)."""
+        cca = host(intersect_counts(CA, self.concepts.masks)).astype(np.int64)  # |C_i ∧ C_j ∧ A|
         f2 = np.stack([c_cnt[:, None] + c_cnt[None, :] - cc, cc, c_cnt[:, None] - cc], axis=-1)
         fa2 = np.stack([ca[:, None] + ca[None, :] - cca, cca, ca[:, None] - cca], axis=-1)
-        iou2 = iou_of(fa2, f2 + a - fa2)
-        iou2[np.arange(n), np.arange(n)] = -np.inf
-        scored += n * (n - 1) * 3
-        by_key = iou2.transpose(0, 2, 1)  # enumeration order (i, op, j): argmax takes the first maximum
-        k2 = int(np.argmax(by_key))
-        if by_key.flat[k2] > best[0]:
-            i, o, j = np.unravel_index(k2, by_key.shape)
-            best = (float(by_key.flat[k2]), 2, (int(i), int(o), int(j)))
-        if length == 2:
-            return settled(self._result(best, names))
-        # Branch and bound from the length-2 nodes: a heap of (-bound, leaves, ops). Only nodes whose
-        # subtree can beat the best so far are queued (it only improves); the others' bounds go to the
-        # certificate. The cheap bound screens the nodes before the tighter table bound is computed.
-        bound2 = self._bounds(f2, fa2, a, m, length - 2)
-        bound2[np.arange(n), np.arange(n)] = -np.inf
-        certificate = 0.0  # largest bound of a subtree not expanded
-        queue, expanded = [], 0
-        if best[1] == 2 and (max_nodes is None or max_nodes > 0):
-            # The best length-2 formula's children first: a strong incumbent prunes most nodes unseen.
-            i, o, j = best[2]
-            if self._worth(bound2[i, j, o], best, 2):
-                best, scored, queue, certificate = self._expand([(0.0, (i, j), (o,))], CA, a, ca, c_cnt, f2, m,
-                                                                length, best, scored)
-                expanded = 1
-            else:
-                certificate = float(bound2[i, j, o])
-            bound2[i, j, o] = -np.inf
+        return f2, fa2
 
-        live = self._worth(bound2, best, 2)
-        table = self._pair_table() if length == 3 else None
+    def _seed_queue(self, search: "_Search", fa2: np.ndarray, max_nodes: int | None) -> None:
+        """Queue the length-2 nodes whose subtree can beat the best so far (it only improves); the
+        others' bounds go to the certificate. The cheap bound screens the nodes before the tighter
+        table bound is computed."""
+        n = self.concepts.n
+        bound2 = self._bounds(search.f2, fa2, search.a, search.m, search.length - 2)
+        bound2[np.arange(n), np.arange(n)] = -np.inf
+        if search.best[1] == 2 and (max_nodes is None or max_nodes > 0):
+            self._expand_incumbent(search, bound2)
+        live = self._worth(bound2, search.best, 2)
+        table = self._pair_table() if search.length == 3 else None
         if table is not None and live.any():
             i, j, o = np.nonzero(live)
-            bound2[i, j, o] = self._child_bounds(table, f2, fa2, a, ca, c_cnt, i, j, o)
-            live = self._worth(bound2, best, 2)
+            bound2[i, j, o] = self._child_bounds(table, search.f2, fa2, search.a, search.ca, search.c_cnt,
+                                                 i, j, o)
+            live = self._worth(bound2, search.best, 2)
         dead = np.isfinite(bound2) & ~live
         if dead.any():
-            certificate = max(certificate, float(bound2[dead].max()))
+            search.certificate = max(search.certificate, float(bound2[dead].max()))
         i, j, o = np.nonzero(live)
-        queue += [(-float(b), (int(x), int(y)), (int(z),)) for b, x, y, z in zip(bound2[i, j, o], i, j, o)]
-        heapq.heapify(queue)
-        budget_hit = False
+        search.queue += [(-float(b), (int(x), int(y)), (int(z),))
+                         for b, x, y, z in zip(bound2[i, j, o], i, j, o)]
+        heapq.heapify(search.queue)
+
+    def _expand_incumbent(self, search: "_Search", bound2: np.ndarray) -> None:
+        """The best length-2 formula's children first: a strong incumbent prunes most nodes unseen.
+        Its node leaves ``bound2`` (set to -inf) either way."""
+        i, o, j = search.best[2]
+        if self._worth(bound2[i, j, o], search.best, 2):
+            search.best, search.scored, search.queue, search.certificate = self._expand(
+                [(0.0, (i, j), (o,))], search.CA, search.a, search.ca, search.c_cnt, search.f2, search.m,
+                search.length, search.best, search.scored)
+            search.expanded = 1
+        else:
+            search.certificate = float(bound2[i, j, o])
+        bound2[i, j, o] = -np.inf
+
+    def _branch_and_bound(self, search: "_Search", max_nodes: int | None, time_budget: float | None,
+                          batch: int, t0: float) -> bool:
+        """Expand queued nodes best bound first, in batches, until none can win or a budget runs out
+        (then True)."""
+        queue = search.queue
         while queue:
             top = -queue[0][0]
-            if not self._worth(top, best, len(queue[0][1])):
-                certificate = max(certificate, top)
-                if top < best[0]:
+            if not self._worth(top, search.best, len(queue[0][1])):
+                search.certificate = max(search.certificate, top)
+                if top < search.best[0]:
                     break  # bounds only fall from here on: nothing left can win
                 # A tie that cannot win for this node's length; a shorter node behind it still might.
                 heapq.heappop(queue)
                 continue
-            if (max_nodes is not None and expanded >= max_nodes) or \
+            if (max_nodes is not None and search.expanded >= max_nodes) or \
                     (time_budget is not None and time.perf_counter() - t0 > time_budget):
-                budget_hit = True
-                certificate = max(certificate, top)
-                break
-            group = [heapq.heappop(queue)]
-            while (queue and len(group) < batch and len(queue[0][1]) == len(group[0][1])
-                   and self._worth(-queue[0][0], best, len(queue[0][1]))):
-                group.append(heapq.heappop(queue))
-            expanded += len(group)
-            best, scored, children, pruned = self._expand(group, CA, a, ca, c_cnt, f2, m, length, best, scored)
-            certificate = max(certificate, pruned)
+                search.certificate = max(search.certificate, top)
+                return True
+            group = self._pop_group(search, batch)
+            search.expanded += len(group)
+            search.best, search.scored, children, pruned = self._expand(
+                group, search.CA, search.a, search.ca, search.c_cnt, search.f2, search.m, search.length,
+                search.best, search.scored)
+            search.certificate = max(search.certificate, pruned)
             for child in children:
                 heapq.heappush(queue, child)
-        optimal = not budget_hit
-        gap = max(0.0, certificate - best[0]) if budget_hit else 0.0
-        return self._result(best, names), {"optimal": optimal, "certificate": certificate, "gap": gap,
-                                           "nodes_expanded": expanded, "candidates": scored}
+        return False
+
+    def _pop_group(self, search: "_Search", batch: int) -> list:
+        """Up to ``batch`` queued nodes of the top node's length that could still win, best first."""
+        queue = search.queue
+        group = [heapq.heappop(queue)]
+        while (queue and len(group) < batch and len(queue[0][1]) == len(group[0][1])
+               and self._worth(-queue[0][0], search.best, len(queue[0][1]))):
+            group.append(heapq.heappop(queue))
+        return group
 
     @staticmethod
     def _bounds(f, fa, a, m, remaining):

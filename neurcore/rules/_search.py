@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..engine import BitMasks
 from ..errors import InputError
 from ..results import Explanation
@@ -17,15 +19,21 @@ __all__ = ["METHODS", "search"]
 METHODS = ("dissect", "beam", "optimal", "clustered")
 
 
-def search(units: BitMasks, concepts: ConceptSet, *, method: str = "beam", length: int = 3, beam: int = 5,
-           threshold: float = DETECTOR_THRESHOLD, category: str | None = None, layer: str | None = None,
-           activations=None, time_budget: float | None = None) -> list[Explanation]:
+def search(units: BitMasks | None, concepts: ConceptSet, *, method: str = "beam", length: int = 3,
+           beam: int = 5, threshold: float = DETECTOR_THRESHOLD, category: str | None = None,
+           layer: str | None = None, activations: np.ndarray | None = None,
+           time_budget: float | None = None) -> list[Explanation]:
     """Explain every unit with one method family of rules over concepts.
 
-    method: "dissect" (Network Dissection), "beam" (compositional beam search), "optimal"
-    (guaranteed-optimal search, with ``time_budget`` seconds per unit if given) or "clustered"
-    (one formula per activation range; needs the raw ``activations`` [n_images, units, h, w], and
-    ``units`` may then be None).
+    units: unit masks [n_units, n_images, *image_shape] over the concepts' sample space.
+    method: "dissect" (Bau et al., "Network Dissection: Quantifying Interpretability of Deep Visual
+    Representations", CVPR 2017), "beam" (Mu & Andreas, "Compositional Explanations of Neurons",
+    NeurIPS 2020), "optimal" (La Rosa & Gilpin, "Guaranteed Optimal Compositional Explanations for
+    Neurons", 2025; with ``time_budget`` seconds per unit if given) or "clustered" (La Rosa, Gilpin,
+    Capobianco, "Towards a fuller understanding of neurons with Clustered Compositional
+    Explanations", NeurIPS 2023; needs the raw ``activations`` [n_images, units, h, w], and ``units``
+    may then be None). length: most concepts per formula; beam: beam width. Every result's
+    ``detector`` is ``iou > threshold``.
     """
     if method == "dissect":
         return NetworkDissection(concepts).explain(units, threshold=threshold, category=category, layer=layer)

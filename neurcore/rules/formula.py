@@ -5,7 +5,8 @@ The canonical string parenthesizes every binary operator, e.g.
 when it contains whitespace, a parenthesis, a quote or a backslash, is empty,
 or reads as an operator. :func:`parse` reads that syntax back, and also
 unparenthesized input with precedence NOT > AND > OR (left-associative).
-Length is the number of concept leaves (Mu & Andreas 2020).
+Length is the number of concept leaves (Mu & Andreas, "Compositional Explanations of Neurons",
+NeurIPS 2020).
 """
 
 from __future__ import annotations
@@ -55,12 +56,15 @@ class Formula:
 
 @dataclass(frozen=True)
 class Leaf(Formula):
+    """One concept, by name."""
+
     name: str
 
     def __str__(self) -> str:
         return quote(self.name)
 
-    def leaves(self):
+    def leaves(self) -> Iterator[str]:
+        """The concept's name."""
         yield self.name
 
     def _eval(self, masks, index):
@@ -72,12 +76,15 @@ class Leaf(Formula):
 
 @dataclass(frozen=True)
 class Not(Formula):
+    """NOT operand: the complement of its mask within each image."""
+
     operand: Formula
 
     def __str__(self) -> str:
         return f"NOT {self.operand}"
 
-    def leaves(self):
+    def leaves(self) -> Iterator[str]:
+        """The operand's concept names, left to right."""
         yield from self.operand.leaves()
 
     def _eval(self, masks, index):
@@ -93,13 +100,15 @@ class _Binary(Formula):
     def __str__(self) -> str:
         return f"({self.left} {self._op} {self.right})"
 
-    def leaves(self):
+    def leaves(self) -> Iterator[str]:
         yield from self.left.leaves()
         yield from self.right.leaves()
 
 
 @dataclass(frozen=True)
 class And(_Binary):
+    """left AND right: pixels in both masks."""
+
     _op = "AND"
 
     def __str__(self) -> str:
@@ -113,6 +122,8 @@ class And(_Binary):
 
 @dataclass(frozen=True)
 class Or(_Binary):
+    """left OR right: pixels in either mask."""
+
     _op = "OR"
 
     def _eval(self, masks, index):
@@ -121,6 +132,8 @@ class Or(_Binary):
 
 @dataclass(frozen=True)
 class AndNot(_Binary):
+    """left AND NOT right: pixels of the left mask outside the right one."""
+
     _op = "AND NOT"
 
     def _eval(self, masks, index):

@@ -114,13 +114,14 @@ def _masks(arr: np.ndarray, path, key: str, what: str) -> np.ndarray:
 
 def _strings(arr: np.ndarray, path, key: str, n: int) -> list[str]:
     if arr.dtype.kind not in "US" or arr.ndim != 1:
-        raise InputError(f"{path}: {key!r} must be a 1-d string array, got dtype {arr.dtype}, shape {arr.shape}")
+        raise InputError(
+            f"{path}: {key!r} must be a 1-d string array, got dtype {arr.dtype}, shape {arr.shape}")
     if len(arr) != n:
         raise InputError(f"{path}: {key!r} has {len(arr)} entries but 'masks' has {n} concepts")
     return [s.decode() if isinstance(s, bytes) else str(s) for s in arr.tolist()]
 
 
-def load_concepts(path) -> ConceptSet:
+def load_concepts(path: str | os.PathLike) -> ConceptSet:
     """A ConceptSet from ``C.npz`` (masks, names, optional categories)."""
     data = _open(path, stream=("masks",))
     masks = _masks(_require(data, path, "masks"), path, "masks", "n_concepts")
@@ -128,14 +129,16 @@ def load_concepts(path) -> ConceptSet:
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
-            raise InputError(f"{path}: 'names' has duplicate concept name {name!r} (entries {seen[name]} and {i})")
+            raise InputError(
+                f"{path}: 'names' has duplicate concept name {name!r} (entries {seen[name]} and {i})")
         seen[name] = i
     cats = _strings(data["categories"], path, "categories", len(masks)) if "categories" in data else None
     return ConceptSet(_bits(masks, path, "masks"), names, cats)
 
 
 def binarize_top_quantile(activations: np.ndarray, quantile: float = 0.005) -> BitMasks:
-    """Unit masks ``a > T`` with T the exact ``1 - quantile`` quantile of each unit's values."""
+    """Unit masks ``a > T`` of activations real [n_units, n_images, ...] -> BitMasks of that shape, with
+    T the exact ``1 - quantile`` quantile of each unit's values (NetDissect's threshold T_k)."""
     if not 0 < quantile < 1:
         raise InputError(f"quantile must lie in (0, 1), got {quantile}")
     n = len(activations)
@@ -144,8 +147,9 @@ def binarize_top_quantile(activations: np.ndarray, quantile: float = 0.005) -> B
     return BitMasks.from_dense(activations > thresholds.reshape((n,) + (1,) * (activations.ndim - 1)))
 
 
-def load_units(path, sample_shape: tuple, quantile: float = 0.005) -> BitMasks:
-    """Unit masks from ``U.npz`` (``masks``, or ``activations`` binarized at the top ``quantile``)."""
+def load_units(path: str | os.PathLike, sample_shape: tuple, quantile: float = 0.005) -> BitMasks:
+    """Unit masks [n_units, *sample_shape] from ``U.npz`` (``masks``, or ``activations`` binarized at
+    the top ``quantile``, a fraction)."""
     data = _open(path, stream=("masks",))
     if "masks" in data and "activations" in data:
         raise InputError(f"{path}: holds both 'masks' and 'activations'; keep one")
@@ -165,7 +169,8 @@ def load_units(path, sample_shape: tuple, quantile: float = 0.005) -> BitMasks:
                              f"(first in unit {first})")
         masks = None
     else:
-        raise InputError(f"{path}: needs an array 'masks' or 'activations' (has: {', '.join(sorted(data)) or 'nothing'})")
+        raise InputError(f"{path}: needs an array 'masks' or 'activations' "
+                         f"(has: {', '.join(sorted(data)) or 'nothing'})")
     shape = (masks if masks is not None else acts).shape[1:]
     if tuple(shape) != tuple(sample_shape):
         raise InputError(f"{path}: {key!r} is over samples {tuple(shape)} but the concept masks are over "
@@ -173,7 +178,8 @@ def load_units(path, sample_shape: tuple, quantile: float = 0.005) -> BitMasks:
     return _bits(masks, path, "masks") if masks is not None else binarize_top_quantile(acts, quantile)
 
 
-def search_npz(concepts_path, units_path, out=None, *, method: str = "beam", length: int = 3, beam: int = 5,
+def search_npz(concepts_path: str | os.PathLike, units_path: str | os.PathLike,
+               out: str | os.PathLike | None = None, *, method: str = "beam", length: int = 3, beam: int = 5,
                quantile: float = 0.005, threshold: float = 0.04, category: str | None = None,
                layer: str | None = None, device: str = "cpu",
                time_budget: float | None = None) -> list[Explanation]:
@@ -199,8 +205,8 @@ def search_npz(concepts_path, units_path, out=None, *, method: str = "beam", len
     return results
 
 
-def load_activations(path, sample_shape: tuple) -> np.ndarray:
-    """Raw activations of ``U.npz`` as [n_images, n_units, ...] (for clustered explanations)."""
+def load_activations(path: str | os.PathLike, sample_shape: tuple) -> np.ndarray:
+    """Raw activations of ``U.npz`` as float32 [n_images, n_units, ...] (for clustered explanations)."""
     data = _open(path)
     if "activations" not in data:
         raise InputError(f"{path}: method 'clustered' needs an array 'activations' (has: "

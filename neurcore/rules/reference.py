@@ -7,6 +7,7 @@ Slow and obvious on purpose: the tests compare :class:`~neurcore.rules.BeamSearc
 from __future__ import annotations
 
 from itertools import permutations, product
+from typing import Sequence
 
 import numpy as np
 
@@ -15,8 +16,10 @@ from .formula import quote
 __all__ = ["beam_search", "optimal_search"]
 
 
-def beam_search(unit_mask: np.ndarray, concept_masks: np.ndarray, names, length: int = 3, beam: int = 5):
-    """Compositional beam search that builds every candidate's mask, one at a time, as compexp does.
+def beam_search(unit_mask: np.ndarray, concept_masks: np.ndarray, names: Sequence[str], length: int = 3,
+                beam: int = 5) -> list[tuple[str, float]]:
+    """Compositional beam search that builds every candidate's mask, one at a time, as compexp (the code
+    of Mu & Andreas, "Compositional Explanations of Neurons", NeurIPS 2020) does.
 
     unit_mask: bool [...]; concept_masks: bool [n_concepts, ...] over the same
     samples. Same rules as ``neurcore.rules.BeamSearch``: first beam = the
@@ -49,10 +52,13 @@ def beam_search(unit_mask: np.ndarray, concept_masks: np.ndarray, names, length:
     return [(key, score) for key, _, score in current]
 
 
-def optimal_search(unit_mask: np.ndarray, concept_masks: np.ndarray, names, length: int = 3):
+def optimal_search(unit_mask: np.ndarray, concept_masks: np.ndarray, names: Sequence[str],
+                   length: int = 3) -> tuple[str | None, float]:
     """Brute force over every left-deep formula of up to ``length`` distinct concepts (OR, AND,
-    AND NOT), building each mask. The best IoU wins; ties go to the shorter formula, then to the
-    smallest tuple (c1, op1, c2, op2, ...) with operators numbered OR 0, AND 1, AND NOT 2.
+    AND NOT), building each mask: the space of La Rosa & Gilpin, "Guaranteed Optimal Compositional
+    Explanations for Neurons", 2025. unit_mask, concept_masks: as for :func:`beam_search`. The best
+    IoU wins; ties go to the shorter formula, then to the smallest tuple (c1, op1, c2, op2, ...) with
+    operators numbered OR 0, AND 1, AND NOT 2.
     Returns (formula string, iou), or (None, 0.0) when no concept overlaps the unit.
     """
     a = np.asarray(unit_mask, dtype=bool).reshape(-1)

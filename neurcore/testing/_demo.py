@@ -4,14 +4,15 @@ It streams a concept set of random blobs with Zipf-like image frequencies into
 image-sparse ``BitMasks``, plants units whose masks are known formulas of the
 concepts (plus noise), then explains each unit from intersection counts
 alone: the best single concept by IoU, and the best one-step extension
-``F OP C`` (OP in OR, AND, AND NOT) using the identities of
-:mod:`neurcore.rules` (IoU of ``F op C`` from ``|F∧C|``, ``|F∧C∧A|`` and row counts). Finally it times ``intersect_counts`` against numpy's
-per-pair ``logical_and(...).sum()``.
+``F OP C`` (OP in OR, AND, AND NOT) using the identities of :mod:`neurcore.rules` (IoU of
+``F op C`` from ``|F∧C|``, ``|F∧C∧A|`` and row counts). Finally it times ``intersect_counts``
+against numpy's per-pair ``logical_and(...).sum()``.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -29,7 +30,8 @@ _PLANTED = [
 
 
 def concept_world(n_images: int, n_concepts: int, side: int, seed: int) -> BitMasks:
-    """Random elliptical blobs; concept r appears in ~0.4 r^-0.9 of the images (Zipf-like)."""
+    """Image-sparse masks [n_concepts, n_images, side, side] of random elliptical blobs; concept r
+    appears in ~0.4 r^-0.9 of the images (Zipf-like)."""
     rng = np.random.default_rng(seed)
     freq = np.clip(0.4 * (np.arange(n_concepts) + 1.0) ** -0.9, 2.0 / n_images, 1.0)
     yy, xx = np.mgrid[0:side, 0:side]
@@ -47,34 +49,57 @@ def concept_world(n_images: int, n_concepts: int, side: int, seed: int) -> BitMa
     return builder.finish()
 
 
-def _iou(inter, union):
+def _iou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
-def run_demo(n_images: int = 2000, n_concepts: int = 300, side: int = 56, seed: int = 0, out=print) -> dict:
+def run_demo(n_images: int = 2000, n_concepts: int = 300, side: int = 56, seed: int = 0,
+             out: Callable[[str], object] = print) -> dict:
+    """Build a synthetic concept set, plant units with known formulas, explain them from counts and
+    time :func:`~neurcore.engine.intersect_counts` against numpy; every line of the report goes to
+    ``out``. Images are ``side`` x ``side`` pixels.
+
+    Returns ``{"found": planted formulas recovered, "planted": units planted,
+    "speedup_vs_numpy_pairs": intersect_counts' speed over numpy's per-pair loop}``.
+    """
     t0 = time.perf_counter()
     concepts = concept_world(n_images, n_concepts, side, seed)
     t_build = time.perf_counter() - t0
-    rng = np.random.default_rng(seed + 1)
-    units = []
-    for _, formula in _PLANTED:
-        f = formula(concepts)
-        drop = BitMasks.from_dense(rng.random((1, n_images, side, side)) < 0.1)
-        add = BitMasks.from_dense(rng.random((1, n_images, side, side)) < 0.002)
-        units.append(f.and_not(drop) | add)
-    units = BitMasks.concat(units)
+    units = _planted_units(concepts, seed)
     out(f"neurcore demo: {n_concepts} concepts over {n_images} images x {side} x {side} "
         f"({concepts.layout}, {concepts.nbytes / 2**20:.1f} MiB, occupancy {concepts.occupancy():.3f}), "
         f"built in {t_build:.2f} s; CPU level {cpu_level()}")
-
-    # Best single concept: IoU = |A&C| / (|A| + |C| - |A&C|), all pairs from one call.
     t0 = time.perf_counter()
+    rows = _explain(units, concepts)
+    t_explain = time.perf_counter() - t0
+    found = _report_recovered(rows, out)
+    out(f"recovered {found} of {len(rows)} planted explanations in {t_explain:.3f} s")
+    ratio = _speed_against_numpy(units, concepts, out)
+    return {"found": found, "planted": len(rows), "speedup_vs_numpy_pairs": ratio}
+
+
+def _planted_units(concepts: BitMasks, seed: int) -> BitMasks:
+    """One unit per planted formula: its mask with ~10% of the pixels dropped and ~0.2% added."""
+    rng = np.random.default_rng(seed + 1)
+    shape = (1, *concepts.sample_shape)
+    units = []
+    for _, formula in _PLANTED:
+        f = formula(concepts)
+        drop = BitMasks.from_dense(rng.random(shape) < 0.1)
+        add = BitMasks.from_dense(rng.random(shape) < 0.002)
+        units.append(f.and_not(drop) | add)
+    return BitMasks.concat(units)
+
+
+def _explain(units: BitMasks, concepts: BitMasks) -> list[tuple]:
+    """Per unit (planted label, best concept, best length-2 formula, the better of the two), each
+    formula as (text, IoU), scored from counts only."""
+    # Best single concept: IoU = |A&C| / (|A| + |C| - |A&C|), all pairs from one call.
     a_cnt, c_cnt = units.count(), concepts.count()
     inter = intersect_counts(units, concepts)
     iou1 = _iou(inter, a_cnt[:, None] + c_cnt[None, :] - inter)
     best = iou1.argmax(axis=1)
-
-    # One extension step F OP C for F = the best concept, scored from counts only.
+    # One extension step F OP C for F = the best concept.
     rows = []
     for u in range(units.n):
         f, a = concepts[int(best[u])], units[u]
@@ -92,8 +117,11 @@ def run_demo(n_images: int = 2000, n_concepts: int = 300, side: int = 56, seed: 
         two = (f"(c{best[u]} {op} c{c})", float(cand[op][c]))
         one = (f"c{best[u]}", float(iou1[u, best[u]]))
         rows.append((_PLANTED[u][0], one, two, max(one, two, key=lambda x: x[1])))
-    t_explain = time.perf_counter() - t0
+    return rows
 
+
+def _report_recovered(rows: list[tuple], out: Callable[[str], object]) -> int:
+    """Print one line per unit; the number of planted formulas found."""
     out(f"{'unit':>4}  {'planted':<18} {'best concept':<16} {'best length 2':<24} found")
     found = 0
     for u, (planted, one, two, pick) in enumerate(rows):
@@ -101,9 +129,11 @@ def run_demo(n_images: int = 2000, n_concepts: int = 300, side: int = 56, seed: 
         found += ok
         out(f"{u:>4}  {planted:<18} {one[0]:<6} IoU {one[1]:.3f}  {two[0]:<16} IoU {two[1]:.3f}  "
             f"{'yes' if ok else 'no'}")
-    out(f"recovered {found} of {len(rows)} planted explanations in {t_explain:.3f} s")
+    return found
 
-    # Speed: intersect_counts against numpy's per-pair loop on the same masks.
+
+def _speed_against_numpy(units: BitMasks, concepts: BitMasks, out: Callable[[str], object]) -> float:
+    """Time intersect_counts against numpy's per-pair loop on the same masks; the speed-up."""
     sub = concepts[:40]
     t0 = time.perf_counter()
     fast = intersect_counts(units, concepts)
@@ -116,7 +146,7 @@ def run_demo(n_images: int = 2000, n_concepts: int = 300, side: int = 56, seed: 
     ratio = t_pair * fast.size / t_fast
     out(f"intersect_counts {units.n} x {concepts.n}: {t_fast * 1e3:.1f} ms; numpy per-pair loop "
         f"{t_pair * 1e3:.2f} ms/pair -> {ratio:.0f}x faster (same run, same masks)")
-    return {"found": found, "planted": len(rows), "speedup_vs_numpy_pairs": ratio}
+    return ratio
 
 
 def _same_formula(got: str, planted: str) -> bool:

@@ -8,6 +8,8 @@ percent of its pixels flipped.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from ..engine import BitMasks
@@ -17,8 +19,9 @@ from ..rules import And, AndNot, ConceptSet, Formula, Leaf, Or
 __all__ = ["blob_concepts", "random_formula", "plant_units"]
 
 
-def blob_concepts(rng: np.random.Generator, n_concepts: int, n_images: int, shape=(16, 16), *,
-                  n_scenes: int | None = None, n_colors: int | None = None) -> ConceptSet:
+def blob_concepts(rng: np.random.Generator, n_concepts: int, n_images: int,
+                  shape: tuple[int, int] = (16, 16), *, n_scenes: int | None = None,
+                  n_colors: int | None = None) -> ConceptSet:
     """A segmentation-like concept set of ``n_concepts`` over ``n_images`` images of ``shape`` pixels.
 
     Three categories, as in Broden: ``scene`` (image-level; each image has one,
@@ -64,7 +67,7 @@ def blob_concepts(rng: np.random.Generator, n_concepts: int, n_images: int, shap
 _OPS = (Or, And, AndNot)
 
 
-def random_formula(rng: np.random.Generator, names, length: int) -> Formula:
+def random_formula(rng: np.random.Generator, names: Sequence[str], length: int) -> Formula:
     """A left-deep formula of ``length`` distinct concepts joined by OR, AND or AND NOT."""
     picks = rng.choice(len(names), size=length, replace=False)
     formula: Formula = Leaf(names[picks[0]])
@@ -73,8 +76,9 @@ def random_formula(rng: np.random.Generator, names, length: int) -> Formula:
     return formula
 
 
-def plant_units(rng: np.random.Generator, concepts: ConceptSet, n_units: int, *, lengths=(1, 2, 3),
-                noise: float = 0.03, min_fill: float = 0.01, max_fill: float = 0.5):
+def plant_units(rng: np.random.Generator, concepts: ConceptSet, n_units: int, *,
+                lengths: Sequence[int] = (1, 2, 3), noise: float = 0.03, min_fill: float = 0.01,
+                max_fill: float = 0.5) -> tuple[BitMasks, list[Formula]]:
     """Units whose masks are random formulas of the concepts with ``noise`` of their pixels flipped.
 
     Noise is relative to the formula's mask: round(noise * |F|) of its pixels
@@ -82,7 +86,7 @@ def plant_units(rng: np.random.Generator, concepts: ConceptSet, n_units: int, *,
     has the formula's size and the planted formula's IoU is about
     (1 - noise) / (1 + noise). Formulas whose clean mask covers less than
     ``min_fill`` or more than ``max_fill`` of the pixels are redrawn.
-    Returns (units BitMasks, formulas).
+    Returns (units BitMasks [n_units, *sample_shape], their formulas).
     """
     formulas, masks = [], []
     total = int(np.prod(concepts.masks.sample_shape))

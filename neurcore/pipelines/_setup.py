@@ -1,0 +1,46 @@
+"""The set-up every run shares: the model, its layers and the probe, checked before any work starts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..errors import InputError
+from ..models import ModelSpec, load_model, resolve_layer
+from ..probe import Probe, open_probe
+
+__all__ = ["Setup", "set_up", "unique_names"]
+
+
+@dataclass
+class Setup:
+    """A run's inputs, resolved: the model to explain, its layers (each one found in the model) and the
+    probe; ``probe_label`` is how the run's manifest names the probe (the spec it was opened from,
+    ``"default"``, or a given Probe's name)."""
+
+    spec: ModelSpec
+    layers: list[str]
+    probe: Probe
+    probe_label: str
+
+
+def unique_names(names: Iterable[str], what: str) -> list[str]:
+    """``names`` in order without repeats; an empty list is an InputError saying ``what`` to give."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise InputError(what)
+    return names
+
+
+def set_up(model: str | ModelSpec, layers: Sequence[str], probe: str | Probe, *, weights: str | None = None,
+           probe_images: int | None = None, progress: bool = True) -> Setup:
+    """Load ``model`` (a name or a :class:`~neurcore.models.ModelSpec`), check that every layer is in it,
+    and open ``probe`` (a spec such as ``default``, ``broden:DIR`` or ``folder:DIR``, or a
+    :class:`~neurcore.probe.Probe`); images of a Broden or folder probe are read at the model's input size."""
+    spec = model if isinstance(model, ModelSpec) else load_model(model, weights, progress=progress)
+    for name in layers:
+        resolve_layer(spec.module, name)
+    if isinstance(probe, Probe):
+        return Setup(spec, list(layers), probe, probe.name)
+    image_size = spec.input_size if probe.startswith(("broden", "folder")) else None
+    return Setup(spec, list(layers), open_probe(probe, image_size=image_size, n_images=probe_images), probe)
