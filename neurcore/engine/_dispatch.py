@@ -41,28 +41,26 @@ def ptr(t) -> int:
 
 
 # ------------------------------------------------------------------ primitives
-def popcount_rows(words):
-    """Set bits per row of words [m, k] -> int64 [m]."""
+def _per_row(name: str, words, dtype: str):
+    """One value per row of words [m, k] from the kernel ``name`` -> [m] of ``dtype`` (torch's name)."""
     if not is_torch(words):
-        return _C.popcount_rows(words)
+        return getattr(_C, name)(words)
     import torch
 
-    fn, stream = cuda_call("popcount_rows", words)
-    out = torch.empty(words.shape[0], dtype=torch.int64, device=words.device)
+    fn, stream = cuda_call(name, words)
+    out = torch.empty(words.shape[0], dtype=getattr(torch, dtype), device=words.device)
     fn(ptr(words), words.shape[0], words.shape[1], ptr(out), stream)
     return out
+
+
+def popcount_rows(words):
+    """Set bits per row of words [m, k] -> int64 [m]."""
+    return _per_row("popcount_rows", words, "int64")
 
 
 def nonzero_blocks(words):
     """Whether each block of words [m, wpi] has a bit set -> bool [m]."""
-    if not is_torch(words):
-        return _C.nonzero_blocks(words)
-    import torch
-
-    fn, stream = cuda_call("nonzero_blocks", words)
-    out = torch.empty(words.shape[0], dtype=torch.bool, device=words.device)
-    fn(ptr(words), words.shape[0], words.shape[1], ptr(out), stream)
-    return out
+    return _per_row("nonzero_blocks", words, "bool")
 
 
 def binary_dense(op: str, a, b):
