@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -87,6 +88,9 @@ def test_every_method_labels_every_unit(labelled):
     assert sieve, "tau 2 selects some units"
     for r in sieve:
         assert r.formula == r.extra["hypotheses"][0]["concept"]
+        # SIEVE hypothesizes its top_k (3) concepts per cluster, whichever methods ran before it
+        per_cluster = Counter(h["cluster"] for h in r.extra["hypotheses"])
+        assert max(per_cluster.values()) <= 3 and len(r.extra["hypotheses"]) <= 3 * r.extra["clusters"]
         assert r.metrics["activation_rate"] == max(h["activation_rate"] for h in r.extra["hypotheses"])
     by_prompt = {}
     for r in cd + sieve:

@@ -272,9 +272,9 @@ def _run_methods(run: _Labelling, name: str, d: str, acts: np.ndarray, scores: n
             continue
         if method == "clip-dissect":
             sim = image_text_similarity(np.asarray(image_emb), np.asarray(text_emb))
-            top_k = SIMILARITY_FUNCTIONS[similarity].get("top_k")
+            anchor_top_k = SIMILARITY_FUNCTIONS[similarity].get("top_k")  # top images, not SIEVE's top_k
             # a probe smaller than the anchor's top_k
-            extra = {"top_k": min(top_k, len(scores))} if top_k else {}
+            extra = {"top_k": min(anchor_top_k, len(scores))} if anchor_top_k else {}
             got = ClipDissect(sim, vocab).explain(scores, similarity=similarity, layer=name, **extra)
         elif method == "linex":
             p = concept_probabilities(np.asarray(image_emb), np.asarray(text_emb), *vlm.calibration)
