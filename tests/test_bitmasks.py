@@ -227,3 +227,13 @@ def test_builder_errors():
         b.append_sparse(2, [0, 0], [1, 1], np.ones((2, 4, 4), bool))
     with pytest.raises(TypeError, match="masks must be bool"):
         b.append(np.zeros((3, 1, 4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:1"])
+def test_to_cuda_without_a_usable_gpu_is_backend_unavailable(device):
+    """Every spelling of a CUDA device says the backend is unavailable (not torch's own error)."""
+    if neurcore.backends()["cuda"]["devices"]:
+        pytest.skip("a CUDA device is usable here")
+    masks = BitMasks.from_dense(np.ones((1, 2, 3, 3), bool))
+    with pytest.raises(neurcore.BackendUnavailable):
+        masks.to(device)

@@ -389,8 +389,8 @@ class BitMasks:
         """A copy on ``device`` ("cpu", "cuda", "cuda:1", or a torch.device); self if already there.
         :class:`~neurcore.errors.BackendUnavailable` when CUDA cannot be used here."""
         device = str(device)
-        if device == "cuda":
-            device = _current_cuda_device()
+        if device.startswith("cuda"):
+            device = _usable_cuda_device(device)
         if device == self.device:
             return self
         arrays = [self._words, self._indptr, self._images]
@@ -402,7 +402,6 @@ class BitMasks:
 
             if not device.startswith("cuda"):
                 raise InputError(f"BitMasks.to: device must be 'cpu' or a CUDA device, got {device!r}")
-            backends.cuda_module()  # raise now if kernels for the device are missing
             hosts = [self.to("cpu")._words.view(np.int64)] + arrays[1:]
             moved = [None if a is None else
                      (a if is_torch(a) else torch.from_numpy(np.ascontiguousarray(a))).to(device)
@@ -627,15 +626,16 @@ class BitMasks:
         return masks
 
 
-def _current_cuda_device() -> str:
-    """"cuda:<index>" of torch's current CUDA device; BackendUnavailable when CUDA is not usable."""
+def _usable_cuda_device(device: str) -> str:
+    """``device`` ("cuda" read as torch's current device, "cuda:<index>" as given), once the CUDA kernels
+    are built and torch sees a CUDA device; BackendUnavailable otherwise."""
     backends.cuda_module()  # raise now if the CUDA kernels were not built
     import torch
 
     if not torch.cuda.is_available():
         raise BackendUnavailable("no usable CUDA device here (torch.cuda.is_available() is False); "
                                  "keep the masks on the CPU")
-    return f"cuda:{torch.cuda.current_device()}"
+    return f"cuda:{torch.cuda.current_device()}" if device == "cuda" else device
 
 
 def _concat_fn(like):

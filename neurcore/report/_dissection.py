@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._io import atomic_open, write_text
-from ._html import image_strip, page
+from ._html import image_strip, page, page_name
 
 if TYPE_CHECKING:
     from ..engine import BitMasks
@@ -37,11 +37,6 @@ def _categories(results) -> list[tuple[str, int, int]]:
         lead[cats[0]] += 1
         uses.update(set(cats))
     return [(c, lead[c], uses[c]) for c in sorted(uses, key=lambda c: (-lead[c], -uses[c], c))]
-
-
-def _layer_name(layer: str) -> str:
-    """The layer's name in file names (its page, its strips)."""
-    return layer.replace("/", "_").replace(".", "_")
 
 
 def _top_images(a: np.ndarray, top_images: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +96,7 @@ def _layer_page(root: str, layer: str, rows: list, probe, concepts, a: np.ndarra
     ``root/img``."""
     unit_max, top = _top_images(a, top_images)
     images = {int(i): probe.images(int(i), int(i) + 1)[0] for i in np.unique(top)}
-    safe = _layer_name(layer)
+    safe = page_name(layer)
     cards = []
     for r in sorted(rows, key=lambda r: (-r.iou, r.unit)):
         u = r.unit
@@ -128,7 +123,7 @@ def _layer_section(layer: str, rows: list) -> str:
     detectors = sum(bool(r.detector) for r in rows)
     table = "".join(f"<tr><td>{html.escape(c)}</td><td>{n_lead}</td><td>{n_use}</td></tr>"
                     for c, n_lead, n_use in _categories(rows))
-    return (f"<h2><a href='{_layer_name(layer)}.html'>Layer {html.escape(layer)}</a></h2>"
+    return (f"<h2><a href='{page_name(layer)}.html'>Layer {html.escape(layer)}</a></h2>"
             f"<p>{len(rows)} units; {detectors} detectors (IoU &gt; 0.04).</p><table><tr>"
             f"<th>concept category</th><th>units led by it</th><th>units using it</th></tr>{table}</table>")
 

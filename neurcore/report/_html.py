@@ -6,7 +6,7 @@ import html
 
 import numpy as np
 
-__all__ = ["THUMB", "CSS", "page", "resize", "image_strip"]
+__all__ = ["THUMB", "CSS", "page", "page_name", "resize", "image_strip"]
 
 THUMB = 96  # pixels per image in the strips
 
@@ -31,6 +31,11 @@ def page(title: str, body: str, css: str = CSS) -> str:
     """A self-contained page; its script records on <body> how many images loaded (browser tests)."""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{css}</style></head><body>{body}{LOADED_SCRIPT}</body></html>")
+
+
+def page_name(layer: str) -> str:
+    """A layer's name in the report's file names (its page, its image strips)."""
+    return layer.replace("/", "_").replace(".", "_")
 
 
 def resize(a: np.ndarray, size: int, bilinear: bool) -> np.ndarray:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._io import atomic_open, write_text
+from .._io import atomic_open, safe_name, write_text
 from ..activations import unit_scores
 from ..results import read_jsonl
-from ._html import THUMB, image_strip, page
+from ._html import THUMB, image_strip, page, page_name
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -95,11 +95,11 @@ def write_label_report(out_dir: str, probe: Probe, acts: dict[str, np.ndarray], 
         summary = json.load(f)
     sections = []
     for layer, s in summary["layers"].items():
-        safe = layer.replace("/", "_").replace(".", "_")
-        layer_dir = os.path.join(out_dir, "labels", layer.replace("/", "_"))
+        safe = page_name(layer)
+        layer_dir = os.path.join(out_dir, "labels", safe_name(layer))
         rows = read_jsonl(os.path.join(layer_dir, "labels.jsonl"))
         sections.append(_summary_section(layer, safe, s))
-        scores_path = os.path.join(out_dir, "layers", layer.replace("/", "_"), "scores.npy")
+        scores_path = os.path.join(out_dir, "layers", safe_name(layer), "scores.npy")
         score = unit_scores(acts[layer], scores_path)
         layer_page = _layerpage(layer, safe, rows, acts[layer], score, probe, _generated(layer_dir), img_dir,
                                 top_images)
