@@ -260,29 +260,27 @@ def _concept_auc(vlm: VisionLanguageModel, vlm_dir: str) -> dict:
 def _run_methods(run: _Labelling, name: str, d: str, acts: np.ndarray, scores: np.ndarray,
                  verifier: Verifier) -> list[Explanation]:
     """Each method's labels of the layer's units, read back from ``d/<method>.jsonl`` when already written."""
-    methods, probe, vlm, vocab = run.methods, run.setup.probe, run.explainer, run.vocab
-    image_emb, text_emb, similarity, seed = run.image_emb, run.text_emb, run.similarity, run.seed
-    tau, top_n, crop, top_k, max_k = run.tau, run.top_n, run.crop, run.top_k, run.max_k
-    progress = run.progress
     out: list[Explanation] = []
-    for method in methods:
+    for method in run.methods:
         path = os.path.join(d, f"{method}.jsonl")
         if os.path.isfile(path):
             out.extend(read_jsonl(path))
             continue
         if method == "clip-dissect":
-            sim = image_text_similarity(np.asarray(image_emb), np.asarray(text_emb))
-            anchor_top_k = SIMILARITY_FUNCTIONS[similarity].get("top_k")  # top images, not SIEVE's top_k
+            sim = image_text_similarity(np.asarray(run.image_emb), np.asarray(run.text_emb))
+            anchor_top_k = SIMILARITY_FUNCTIONS[run.similarity].get("top_k")  # top images, not SIEVE's top_k
             # a probe smaller than the anchor's top_k
             extra = {"top_k": min(anchor_top_k, len(scores))} if anchor_top_k else {}
-            got = ClipDissect(sim, vocab).explain(scores, similarity=similarity, layer=name, **extra)
+            got = ClipDissect(sim, run.vocab).explain(scores, similarity=run.similarity, layer=name, **extra)
         elif method == "linex":
-            p = concept_probabilities(np.asarray(image_emb), np.asarray(text_emb), *vlm.calibration)
-            got = LinEx(p, vocab).explain(scores, seed=seed, layer=name)
+            p = concept_probabilities(np.asarray(run.image_emb), np.asarray(run.text_emb),
+                                      *run.explainer.calibration)
+            got = LinEx(p, run.vocab).explain(scores, seed=run.seed, layer=name)
         else:
-            got = Sieve(vlm, vocab, verifier, text_emb=text_emb).explain(
-                acts, probe, scores=scores, tau=tau, top_n=top_n, crop=crop, max_k=max_k, top_k=top_k,
-                layer=name,                 parts_dir=os.path.join(d, "sieve-parts"), progress=progress)
+            got = Sieve(run.explainer, run.vocab, verifier, text_emb=run.text_emb).explain(
+                acts, run.setup.probe, scores=scores, tau=run.tau, top_n=run.top_n, crop=run.crop,
+                max_k=run.max_k, top_k=run.top_k, layer=name, parts_dir=os.path.join(d, "sieve-parts"),
+                progress=run.progress)
         write_jsonl(path, got)
         out.extend(got)
     return out
