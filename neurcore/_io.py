@@ -14,8 +14,8 @@ from typing import Any, Iterator
 
 from .errors import InputError
 
-__all__ = ["atomic_path", "atomic_open", "write_json", "write_text", "read_json", "check_manifest",
-           "cache_dir", "safe_name"]
+__all__ = ["atomic_path", "atomic_open", "write_json", "write_text", "write_png", "read_json",
+           "check_manifest", "cache_dir", "safe_name"]
 
 
 @contextlib.contextmanager
@@ -52,6 +52,14 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """UTF-8 text to ``path``, atomically."""
     with atomic_open(path, encoding="utf-8") as f:
         f.write(text)
+
+
+def write_png(path: str | os.PathLike, image) -> None:
+    """An image, uint8 numpy array [h, w, 3], as a PNG file at ``path``, atomically."""
+    from PIL import Image
+
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(image).save(f, format="PNG")
 
 
 def read_json(path: str | os.PathLike) -> Any | None:

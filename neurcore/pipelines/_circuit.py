@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._io import atomic_open, write_json
+from .._io import atomic_open, write_json, write_png
 from ..attribution import layer_function
 from ..circuits import (
     NeurFlow,
@@ -53,10 +53,10 @@ def _precision_recall(found, truth) -> dict:
 
 
 def _save_png(path: str, image: np.ndarray) -> None:
+    """An exemplar image, scaled to 96 x 96 (nearest), as a PNG at ``path``."""
     from PIL import Image
 
-    with atomic_open(path, "wb") as f:
-        Image.fromarray(image).resize((96, 96), Image.NEAREST).save(f, format="PNG")
+    write_png(path, np.asarray(Image.fromarray(image).resize((96, 96), Image.NEAREST)))
 
 
 def circuit(model: str | ModelSpec = "default", class_name: str | None = None,

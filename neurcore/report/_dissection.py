@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._io import atomic_open, write_text
+from .._io import write_png, write_text
 from ._html import image_strip, page, page_name
 
 if TYPE_CHECKING:
@@ -49,14 +49,6 @@ def _top_images(a: np.ndarray, top_images: int) -> tuple[np.ndarray, np.ndarray]
     unit_max = peak.max(axis=0)
     top = np.argsort(-peak, axis=0, kind="stable")[:top_images].T  # [units, k]
     return unit_max, top
-
-
-def _write_strip(path: str, strip: np.ndarray) -> None:
-    """A PNG of ``strip`` (uint8 [h, w, 3]) at ``path``, atomically."""
-    from PIL import Image
-
-    with atomic_open(path, "wb") as f:
-        Image.fromarray(strip).save(f, format="PNG")
 
 
 def _metrics_html(r) -> str:
@@ -109,7 +101,7 @@ def _layer_page(root: str, layer: str, rows: list, probe, concepts, a: np.ndarra
         strip = image_strip([images[int(i)] for i in idx], [np.asarray(a[int(i), u]) for i in idx], masks,
                             float(unit_max[u]))
         fname = f"{safe}-unit{u:05d}.png"
-        _write_strip(os.path.join(root, "img", fname), strip)
+        write_png(os.path.join(root, "img", fname), strip)
         cards.append(_unit_card(r, strip, fname))
     write_text(os.path.join(root, f"{safe}.html"), page(
         f"{layer} — neurcore dissection",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._io import atomic_open, safe_name, write_text
+from .._io import safe_name, write_png, write_text
 from ..activations import unit_scores
 from ..results import read_jsonl
 from ._html import THUMB, image_strip, page, page_name
@@ -62,14 +62,6 @@ def _label_text(r) -> str:
     if r.method == "linex":
         return r.formula or "(no concept)"
     return r.formula or ("(not selected)" if r.method == "sieve" else "(none)")
-
-
-def _write_png(path: str, image: np.ndarray) -> None:
-    """A PNG of ``image`` (uint8 [h, w, 3]) at ``path``, atomically."""
-    from PIL import Image
-
-    with atomic_open(path, "wb") as f:
-        Image.fromarray(image).save(f, format="PNG")
 
 
 def _method_rank(method: str) -> int:
@@ -175,7 +167,7 @@ def _method_row(r, safe: str, generated: dict[str, np.ndarray], img_dir: str) ->
         gname = f"labels-{safe}-gen-{hashlib.sha1(r.formula.encode()).hexdigest()[:12]}.png"
         gpath = os.path.join(img_dir, gname)
         if not os.path.isfile(gpath):
-            _write_png(gpath, _thumbs(generated[r.formula]))
+            write_png(gpath, _thumbs(generated[r.formula]))
         gen = f"<img class='gen' src='img/{gname}' alt='generated images of {html.escape(r.formula)}'>"
     hyps = ""
     if r.method == "sieve" and r.extra.get("hypotheses"):
@@ -200,7 +192,7 @@ def _layerpage(layer, safe, rows, a, score, probe, generated, img_dir, top_image
         strip = image_strip([images[int(i)] for i in idx], [np.asarray(a[int(i), u]) for i in idx],
                             [None] * len(idx), float(peak[u]))
         fname = f"labels-{safe}-unit{u:05d}.png"
-        _write_png(os.path.join(img_dir, fname), strip)
+        write_png(os.path.join(img_dir, fname), strip)
         lines = [_method_row(r, safe, generated, img_dir)
                  for r in sorted(by_unit[u], key=lambda r: _method_rank(r.method))]
         cards.append(f"<div class='unit' id='unit{u}'><b>unit {u}</b><img src='img/{fname}' "
