@@ -73,7 +73,8 @@ def _add_network_options(parser: argparse.ArgumentParser, *, model_help: str, la
 
 def _add_probe_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe", default="default",
-                        help="default (synthetic world), broden:DIR or folder:DIR")
+                        help="default (synthetic world), synthetic-broden (the synthetic world at Broden's "
+                             "scale), broden:DIR or folder:DIR")
 
 
 def _add_batch_size_option(parser: argparse.ArgumentParser) -> None:
@@ -171,8 +172,10 @@ def _dissect_options(parser: argparse.ArgumentParser) -> None:
                           "by rules over the probe's concepts. Re-running with the same --out resumes.")
     _add_network_options(parser, model_help="default (embedded, trained on first use), resnet18, resnet50 "
                          "or vit_b_16",
-                         layer_help="dotted layer name (repeat for several), e.g. conv4 or layer4",
-                         probe_images_help="images in the synthetic world (default 3000)")
+                         layer_help="dotted layer name (repeat for several), e.g. conv4 or layer4; 'all' "
+                         "for every block output; or a glob such as 'layer4.*'",
+                         probe_images_help="images in the synthetic world (default 3000; synthetic-broden "
+                         "22210)")
     parser.add_argument("--method", choices=_RULE_METHODS, default="dissect", help="default: dissect")
     parser.add_argument("--length", type=_positive_int, default=3,
                         help="beam: maximum formula length (default 3)")
@@ -182,6 +185,13 @@ def _dissect_options(parser: argparse.ArgumentParser) -> None:
     _add_batch_size_option(parser)
     parser.add_argument("--methods", default="rules", metavar="LIST", help="comma-separated: rules (always) "
                         "and any of clip-dissect, linex, sieve (default rules)")
+    parser.add_argument("--activation-cache", choices=("auto", "on", "off"), default="auto",
+                        help="keep the float activations on disk and read them back instead of a second "
+                             "forward pass: auto (where they take at most half the free disk and half the "
+                             "available memory), on, off "
+                             "(always kept for --methods beyond rules and for clustered)")
+    parser.add_argument("--checkpoint-images", type=_positive_int, default=1024, metavar="N",
+                        help="save the activation passes' state every N probe images (default 1024)")
     _add_output_options(parser, out_help="output directory (results, cache, report)")
     _add_vision_language_options(parser)
 
@@ -193,10 +203,14 @@ def _run_dissect(args: argparse.Namespace) -> int:
     results = dissect(args.model, args.layer, args.probe, method=args.method, length=args.length,
                       beam=args.beam, out_dir=args.out, weights=args.weights, quantile=args.quantile,
                       batch_size=args.batch_size, probe_images=args.probe_images, progress=not args.quiet,
-                      methods=_comma_list(args.methods), label_options=_vision_language_kwargs(args))
+                      cache={"auto": None, "on": True, "off": False}[args.activation_cache],
+                      checkpoint_images=args.checkpoint_images,
+                      methods=_comma_list(args.methods),
+                      label_options=_vision_language_kwargs(args))
     planted = [r for r in results if r.planted]
     results = [r for r in results if r.method == args.method]
-    summary = f"{len(results)} units in {len(args.layer)} layer(s), {time.perf_counter() - t0:.1f} s"
+    n_layers = len({r.layer for r in results})
+    summary = f"{len(results)} units in {n_layers} layer(s), {time.perf_counter() - t0:.1f} s"
     if planted:
         found = sum(r.planted["recovered"] for r in planted)
         summary += (f"; recovered {found} of {len(planted)} planted units "

@@ -191,4 +191,4 @@ def test_shared_options_keep_each_subcommand_s_help(wide, capsys):
     assert "--out DIR             output directory (results, cache, report)" in helps["dissect"]
     for text in helps.values():
         assert "vision-language labels (clip-dissect, linex, sieve):" in text
-        assert "--probe PROBE         default (synthetic world), broden:DIR or folder:DIR" in text
+        assert "--probe PROBE         default (synthetic world), synthetic-broden (the" in text

@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from ..engine import BitMasks, BitMasksBuilder
 from ..errors import InputError
 
-__all__ = ["thresholds", "unit_masks"]
+__all__ = ["thresholds", "unit_masks", "binarize"]
 
 
 def thresholds(acts: np.ndarray, quantile: float = 0.005, units_per_read: int = 16) -> np.ndarray:
@@ -34,25 +36,38 @@ def thresholds(acts: np.ndarray, quantile: float = 0.005, units_per_read: int = 
 def unit_masks(acts: np.ndarray, thresholds_: np.ndarray, mask_shape: tuple[int, int], *,
                batch_size: int = 64, progress: bool = False) -> BitMasks:
     """Binary unit masks [units, n_images, *mask_shape]: bilinear upsampling, then a > T_k."""
-    import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     n, c = acts.shape[:2]
     builder = BitMasksBuilder(c, mask_shape, layout="auto")
-    t = torch.from_numpy(np.asarray(thresholds_, np.float32))
     for s in tqdm(range(0, n, batch_size), desc="unit masks", disable=not progress, leave=False):
-        a = torch.from_numpy(np.array(acts[s : s + batch_size], dtype=np.float32))
-        b = a.shape[0]
+        for b, units, images, masks in binarize(np.asarray(acts[s : s + batch_size], np.float32),
+                                                thresholds_, mask_shape):
+            builder.append_sparse(b, units, images, masks)
+    return builder.finish()
+
+
+def binarize(maps: np.ndarray, thresholds_: np.ndarray, mask_shape: tuple[int, int],
+             pixel_budget: int = 1 << 24) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """A batch of maps float32 [b, units, h, w] binarized as :func:`unit_masks` does, a few images at a
+    time so that at most about ``pixel_budget`` upsampled pixels are held: yields
+    (images in this piece, units int64 [m], images int64 [m] within the piece, masks bool
+    [m, *mask_shape]) for the (image, unit) pairs whose map exceeds its threshold somewhere."""
+    import torch
+    import torch.nn.functional as F
+
+    b, c = maps.shape[:2]
+    t = torch.from_numpy(np.asarray(thresholds_, np.float32))
+    step = max(1, pixel_budget // (c * int(np.prod(mask_shape))))
+    for s in range(0, b, step):
+        a = torch.from_numpy(np.require(maps[s : s + step], np.float32, ["C", "W"]))
         img, unit = torch.nonzero(a.amax(dim=(2, 3)) > t[None, :], as_tuple=True)
         if len(img) == 0:
-            builder.append_sparse(b, [], [], np.zeros((0, *mask_shape), bool))
+            yield a.shape[0], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, *mask_shape), bool)
             continue
-        maps = a[img, unit]
-        up = F.interpolate(maps[:, None], size=mask_shape, mode="bilinear", align_corners=False)[:, 0]
+        sel = a[img, unit]
+        up = F.interpolate(sel[:, None], size=mask_shape, mode="bilinear", align_corners=False)[:, 0]
         # Bilinear values lie within the map's range; clamping removes rounding excursions past its
         # maximum, so the skip of maps whose maximum is at most T_k above is exact.
-        up = torch.minimum(up, maps.amax(dim=(1, 2))[:, None, None])
-        masks = (up > t[unit][:, None, None]).numpy()
-        builder.append_sparse(b, unit.numpy(), img.numpy(), masks)
-    return builder.finish()
+        up = torch.minimum(up, sel.amax(dim=(1, 2))[:, None, None])
+        yield a.shape[0], unit.numpy(), img.numpy(), (up > t[unit][:, None, None]).numpy()

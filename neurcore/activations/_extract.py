@@ -9,7 +9,7 @@ atomically after every batch, lets an interrupted run resume at the next batch.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..models import ModelSpec
     from ..probe import Probe
 
-__all__ = ["extract"]
+__all__ = ["extract", "layer_batches", "layer_shapes"]
 
 
 def extract(spec: ModelSpec, layers: list[str], probe: Probe, out_dir: str, *, batch_size: int = 64,
@@ -32,7 +32,6 @@ def extract(spec: ModelSpec, layers: list[str], probe: Probe, out_dir: str, *, b
     Returns {layer: read-only memmap [n_images, units, h, w]}. Planted units of
     ``spec`` are appended after the layer's own units. Resumes an interrupted run.
     """
-    import torch
     from tqdm import tqdm
 
     for name in layers:
@@ -45,36 +44,53 @@ def extract(spec: ModelSpec, layers: list[str], probe: Probe, out_dir: str, *, b
         os.makedirs(p, exist_ok=True)
     states = {name: read_json(os.path.join(paths[name], "progress.json")) for name in layers}
     start = min((s or {}).get("done", 0) for s in states.values())
-    planted = {name: [u for u in spec.planted if u.layer == name] for name in layers}
-    if any(planted.values()) and not hasattr(probe, "concept_maps"):
-        planted = {name: [] for name in layers}  # planted units need exact concept maps
     caches: dict[str, np.ndarray] = {}
     if start >= n:
         return {name: np.load(os.path.join(paths[name], "acts.npy"), mmap_mode="r") for name in layers}
-    spec.module.eval()
     bar = tqdm(total=n, initial=start, desc="activations", unit="img", disable=not progress, leave=False)
+    for s, e, maps_by_layer in layer_batches(spec, layers, probe, start - start % batch_size, batch_size):
+        for name, maps in maps_by_layer.items():
+            if name not in caches:
+                caches[name] = _open_cache(paths[name], (n, *maps.shape[1:]))
+            caches[name][s:e] = maps
+        for name in layers:
+            caches[name].flush()
+            write_json(os.path.join(paths[name], "progress.json"),
+                       {"done": e, "shape": list(caches[name].shape)})
+        bar.n = e
+        bar.refresh()
+    bar.close()
+    del caches
+    return {name: np.load(os.path.join(paths[name], "acts.npy"), mmap_mode="r") for name in layers}
+
+
+def layer_batches(spec: ModelSpec, layers: list[str], probe: Probe, start: int = 0,
+                  batch_size: int = 64) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """The probe through the model from image ``start`` (a multiple of ``batch_size``, so batches are
+    the same in every run) -> (first, stop, {layer: maps float32 [stop - first, units, h, w]}), with the
+    planted units of ``spec`` appended after each layer's own units where the probe has exact concept
+    maps."""
+    import torch
+
+    n = probe.n_images
+    planted = {name: [u for u in spec.planted if u.layer == name] for name in layers}
+    if any(planted.values()) and not hasattr(probe, "concept_maps"):
+        planted = {name: [] for name in layers}  # planted units need exact concept maps
+    spec.module.eval()
     with torch.no_grad(), hooked(spec.module, layers) as outputs:
-        for s in range(start - start % batch_size, n, batch_size):
+        for s in range(start, n, batch_size):
             e = min(n, s + batch_size)
             spec.module(spec.preprocess(probe.images(s, e)))
             cmaps = probe.concept_maps(s, e) if any(planted.values()) else None
+            out = {}
             for name in layers:
                 maps = as_maps(outputs[name]).float().numpy()
                 if planted[name]:
                     extra = planted_maps(planted[name], cmaps, probe.concept_names, maps.shape[2:], s)
                     maps = np.concatenate([maps, extra], axis=1)
-                if name not in caches:
-                    caches[name] = _open_cache(paths[name], (n, *maps.shape[1:]))
-                caches[name][s:e] = maps
-            for name in layers:
-                caches[name].flush()
-                write_json(os.path.join(paths[name], "progress.json"),
-                           {"done": e, "shape": list(caches[name].shape)})
-            bar.n = e
-            bar.refresh()
-    bar.close()
-    del caches
-    return {name: np.load(os.path.join(paths[name], "acts.npy"), mmap_mode="r") for name in layers}
+                out[name] = maps
+            outputs.clear()
+            yield s, e, out
 
 
 def _open_cache(path: str, shape: tuple) -> np.ndarray:
@@ -85,3 +101,13 @@ def _open_cache(path: str, shape: tuple) -> np.ndarray:
             return cache
         del cache
     return np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=tuple(shape))
+
+
+def layer_shapes(spec: ModelSpec, layers: list[str], probe: Probe) -> dict[str, tuple[int, int, int]]:
+    """Each layer's maps as (units, h, w), planted units included, from the probe's first image."""
+    batches = layer_batches(spec, layers, probe, 0, 1)
+    try:
+        _, _, maps = next(batches)
+    finally:
+        batches.close()
+    return {name: tuple(m.shape[1:]) for name, m in maps.items()}

@@ -707,11 +707,13 @@ class BitMasksBuilder:
     masks, which is how label maps stream in. Only non-empty image blocks are
     kept. With ``path``, blocks are spilled to disk as they arrive and
     :meth:`finish` writes the result there (as :meth:`BitMasks.save` would) and
-    returns it memory-mapped, so sets larger than RAM can be built.
+    returns it memory-mapped, so sets larger than RAM can be built in flat
+    memory; :meth:`checkpoint` returns how far a spilling build got, and a
+    builder made with ``resume=`` that state continues from there.
     """
 
     def __init__(self, n: int, image_shape: Iterable[int], *, layout: str = "auto",
-                 path: str | os.PathLike | None = None):
+                 path: str | os.PathLike | None = None, resume: dict | None = None):
         self.n = int(n)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.layout = layout
@@ -728,22 +730,58 @@ class BitMasksBuilder:
         self._words: list[np.ndarray] = []
         self._nnz = 0
         self._path = None if path is None else os.fspath(path)
-        self._spill = None
+        self._spill: dict | None = None
         if self._path is not None:
-            parent = os.path.dirname(os.path.abspath(self._path))
-            os.makedirs(parent, exist_ok=True)
-            self._spill_dir = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-            self._spill = open(os.path.join(self._spill_dir, "spill.bin"), "wb")
+            self._open_spill(resume)
+
+    # Spilled blocks go to ``<path>.partial/``: rows, images and words appended as raw int64/uint64
+    # records, so memory stays flat however many images arrive, and a checkpoint (record counts in
+    # state.json) lets a killed build resume by truncating the files back to it.
+    def _open_spill(self, resume: dict | None) -> None:
+        self._spill_dir = self._path + ".partial"
+        if resume is not None and (resume.get("n") != self.n or
+                                   resume.get("image_shape") != list(self.image_shape)):
+            raise InputError(f"BitMasksBuilder: cannot resume {self._path}: the checkpoint is of "
+                             f"{resume.get('n')} rows of {resume.get('image_shape')}, not {self.n} of "
+                             f"{list(self.image_shape)}")
+        if resume is None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            os.makedirs(self._spill_dir)
+        self._spill = {}
+        for name, width in (("rows", 1), ("images", 1), ("words", self.wpi)):
+            file = os.path.join(self._spill_dir, f"{name}.bin")
+            if resume is not None and os.path.getsize(file) < 8 * width * resume["nnz"]:
+                raise InputError(f"BitMasksBuilder: cannot resume {self._path}: {file} is shorter than its "
+                                 "checkpoint")
+            f = open(file, "r+b" if resume is not None else "w+b")
+            f.truncate(8 * width * (resume["nnz"] if resume is not None else 0))
+            f.seek(0, os.SEEK_END)
+            self._spill[name] = f
+        if resume is not None:
+            self._nnz, self.n_images = int(resume["nnz"]), int(resume["n_images"])
+
+    def checkpoint(self) -> dict:
+        """Flush a spilling builder's files to disk and return how far it got; a builder made later with
+        the same path and ``resume=`` this state continues from here (records after it are dropped)."""
+        if self._spill is None:
+            raise InputError("BitMasksBuilder.checkpoint: only a builder with a path can checkpoint")
+        for f in self._spill.values():
+            f.flush()
+            os.fsync(f.fileno())
+        return {"n": self.n, "image_shape": list(self.image_shape), "nnz": self._nnz,
+                "n_images": self.n_images}
 
     def _add(self, rows: np.ndarray, images: np.ndarray, words: np.ndarray) -> None:
         keep = _dispatch.nonzero_blocks(words) if len(words) else np.zeros(0, bool)
         if not keep.all():
             rows, images, words = rows[keep], images[keep], words[keep]
-        self._rows.append(rows)
-        self._images.append(images)
         if self._spill is not None:
-            self._spill.write(np.ascontiguousarray(words).tobytes())
+            self._spill["rows"].write(np.ascontiguousarray(rows, np.int64).tobytes())
+            self._spill["images"].write(np.ascontiguousarray(images, np.int64).tobytes())
+            self._spill["words"].write(np.ascontiguousarray(words).tobytes())
         else:
+            self._rows.append(rows)
+            self._images.append(images)
             self._words.append(words)
         self._nnz += len(rows)
 
@@ -797,34 +835,39 @@ class BitMasksBuilder:
 
     def finish(self) -> BitMasks:
         """The masks built so far, in the builder's layout (memory-mapped under ``path`` if given)."""
+        if self._spill is not None:
+            return self._finish_spilled()
         rows = np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64)
         images = np.concatenate(self._images) if self._images else np.zeros(0, np.int64)
         order = np.argsort(rows, kind="stable")  # chunks arrive in image order; rows sorted within each
         indptr = _indptr_from_rows(rows, self.n)
+        words = np.concatenate(self._words) if self._words else np.zeros((0, self.wpi), np.uint64)
+        masks = BitMasks((self.n_images, *self.image_shape), np.ascontiguousarray(words[order]), indptr,
+                         images[order])
+        return masks.as_layout(self.layout)
+
+    def _finish_spilled(self) -> BitMasks:
+        for f in self._spill.values():
+            f.close()
+        spill = self._spill_dir
+        rows = np.fromfile(os.path.join(spill, "rows.bin"), np.int64, count=self._nnz)
+        images = np.fromfile(os.path.join(spill, "images.bin"), np.int64, count=self._nnz)
+        order = np.argsort(rows, kind="stable")  # chunks arrive in image order; rows sorted within each
+        indptr = _indptr_from_rows(rows, self.n)
         sample_shape = (self.n_images, *self.image_shape)
-        if self._spill is None:
-            words = np.concatenate(self._words) if self._words else np.zeros((0, self.wpi), np.uint64)
-            masks = BitMasks(sample_shape, np.ascontiguousarray(words[order]), indptr, images[order])
-            return masks.as_layout(self.layout)
-        self._spill.close()
-        spill = np.memmap(os.path.join(self._spill_dir, "spill.bin"), dtype=np.uint64, mode="r",
-                          shape=(self._nnz, self.wpi)) if self._nnz else np.zeros((0, self.wpi), np.uint64)
-        out_dir = os.path.join(self._spill_dir, "out")
+        out_dir = os.path.join(spill, "out")
+        shutil.rmtree(out_dir, ignore_errors=True)
         os.makedirs(out_dir)
-        words = np.lib.format.open_memmap(os.path.join(out_dir, "words.npy"), mode="w+", dtype=np.uint64,
-                                          shape=(self._nnz, self.wpi))
-        step = max(1, (256 << 20) // (8 * self.wpi))  # gather 256 MiB at a time
-        for s in range(0, self._nnz, step):
-            words[s : s + step] = spill[order[s : s + step]]
-        words.flush()
-        del words, spill
+        _scatter_words(os.path.join(spill, "words.bin"), os.path.join(out_dir, "words.npy"), order,
+                       self.wpi)
         np.save(os.path.join(out_dir, "indptr.npy"), indptr)
         np.save(os.path.join(out_dir, "images.npy"), images[order])
         with open(os.path.join(out_dir, "meta.json"), "w") as f:
             json.dump({"format": _FORMAT, "version": _FORMAT_VERSION, "layout": "sparse", "n": self.n,
                        "sample_shape": list(sample_shape)}, f)
         _replace_dir(out_dir, self._path)
-        shutil.rmtree(self._spill_dir, ignore_errors=True)
+        shutil.rmtree(spill, ignore_errors=True)
+        self._spill = None
         masks = BitMasks.load(self._path)
         total = self.n * self.n_images
         if self.layout == "dense" or (self.layout == "auto" and total and
@@ -832,3 +875,28 @@ class BitMasksBuilder:
             masks.as_layout("dense").save(self._path)
             masks = BitMasks.load(self._path)
         return masks
+
+
+def _scatter_words(src: str, dst: str, order: np.ndarray, wpi: int, chunk_bytes: int = 64 << 20) -> None:
+    """Write ``words[order]`` of the raw uint64 [nnz, wpi] file ``src`` as the .npy file ``dst``,
+    reading ``src`` in order, a chunk at a time, and writing each record at its place with positioned
+    writes: neither file is mapped, so memory stays at one chunk whatever the size."""
+    nnz, rec = len(order), 8 * wpi
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((0, wpi), np.uint64))
+    header["shape"] = (nnz, wpi)
+    where = np.empty(nnz, np.int64)
+    where[order] = np.arange(nnz, dtype=np.int64)  # record i of src goes to slot where[i]
+    with open(dst, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        base = out.tell()
+        out.truncate(base + nnz * rec)
+        step = max(1, chunk_bytes // rec)
+        with open(src, "rb") as f:
+            for s in range(0, nnz, step):
+                block = np.fromfile(f, np.uint8, count=min(step, nnz - s) * rec).reshape(-1, rec)
+                slots = where[s : s + len(block)]
+                # runs of consecutive slots go out in one write (rows arrive image by image, so a row's
+                # records are scattered, but a chunk of one row is often contiguous)
+                breaks = np.flatnonzero(np.diff(slots) != 1) + 1
+                for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(slots)]):
+                    os.pwrite(out.fileno(), block[a:b].tobytes(), base + int(slots[a]) * rec)

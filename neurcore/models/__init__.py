@@ -18,7 +18,7 @@ from ._default import (
                        default_model,
                        planted_circuit_model,
 )
-from ._layers import as_maps, hooked, resolve_layer
+from ._layers import as_maps, block_outputs, expand_layers, hooked, resolve_layer
 from ._spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, PlantedUnit
 from ._zoo import TORCHVISION_MODELS, load_model
 
@@ -27,6 +27,8 @@ __all__ = [
     "PlantedUnit",
     "load_model",
     "resolve_layer",
+    "expand_layers",
+    "block_outputs",
     "hooked",
     "as_maps",
     "default_model",

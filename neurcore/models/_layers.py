@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
+import re
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from ..errors import InputError
@@ -12,7 +13,7 @@ from ..errors import InputError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["resolve_layer", "hooked", "as_maps"]
+__all__ = ["resolve_layer", "expand_layers", "block_outputs", "hooked", "as_maps"]
 
 
 def resolve_layer(module: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -23,6 +24,76 @@ def resolve_layer(module: torch.nn.Module, name: str) -> torch.nn.Module:
     close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise InputError(f"layer {name!r} not found in the model{hint}")
+
+
+# Residual and transformer blocks by class name: torchvision's BasicBlock and Bottleneck (ResNets),
+# EncoderBlock (ViT), and the Block / ResBlock / EncoderLayer names of timm and most model code.
+_BLOCK = re.compile(r"(Block|Bottleneck|EncoderLayer|ResBlock)$")
+
+
+def block_outputs(module: torch.nn.Module) -> list[str]:
+    """The layers ``--layer all`` names, in model order: the outermost residual or transformer blocks
+    (BasicBlock and Bottleneck of ResNets, the encoder blocks of ViT), else the top-level children that
+    hold a convolution (the conv stages of a plain CNN such as the default model). An InputError lists
+    the top-level modules when neither is found."""
+    import torch.nn as nn
+
+    blocks: list[str] = []
+    for name, sub in module.named_modules():
+        if name and _BLOCK.search(type(sub).__name__) and not any(name.startswith(b + ".") for b in blocks):
+            blocks.append(name)
+    if blocks:
+        return blocks
+    stages = [name for name, sub in module.named_children()
+              if any(isinstance(m, nn.modules.conv._ConvNd) for m in sub.modules())]
+    if stages:
+        return stages
+    found = ", ".join(f"{n} ({type(m).__name__})" for n, m in module.named_children()) or "no submodules"
+    raise InputError(f"--layer all: no residual or transformer blocks and no convolution stages in the "
+                     f"model; its top-level modules are: {found}. Name the layers with --layer")
+
+
+def expand_layers(module: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Layer names from ``patterns``, in order, without repeats: ``all`` (:func:`block_outputs`), a glob
+    whose ``*``, ``?`` and ``[...]`` match within one dotted segment (``layer4.*`` is layer4's blocks,
+    ``**`` any number of segments), or a dotted name (checked by :func:`resolve_layer`)."""
+    names = [n for n, _ in module.named_modules() if n]
+    out: list[str] = []
+    for pattern in patterns:
+        if pattern == "all":
+            out += block_outputs(module)
+        elif any(ch in pattern for ch in "*?["):
+            regex = re.compile(_glob_regex(pattern))
+            hits = [n for n in names if regex.fullmatch(n)]
+            if not hits:
+                close = difflib.get_close_matches(pattern.replace("*", ""), names, n=5, cutoff=0.5)
+                hint = f"; layers such as {', '.join(close)}" if close else ""
+                raise InputError(f"layer pattern {pattern!r} matches no layer of the model{hint}")
+            out += hits
+        else:
+            resolve_layer(module, pattern)
+            out.append(pattern)
+    return list(dict.fromkeys(out))
+
+
+def _glob_regex(pattern: str) -> str:
+    """A layer glob as a regex: ``**`` spans dotted segments, ``*`` and ``?`` stay within one."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(r".+")
+            i += 2
+        elif pattern[i] in "*?":
+            out.append("[^.]*" if pattern[i] == "*" else "[^.]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            j = pattern.index("]", i + 2)
+            out.append("[" + pattern[i + 1 : j].replace("!", "^", 1) + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
 
 
 @contextlib.contextmanager

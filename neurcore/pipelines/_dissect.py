@@ -18,6 +18,7 @@ from ..results import Explanation
 from ._label import label
 from ._rules import RuleRun, check_rule_method, explain_rules, write_results
 from ._setup import Setup, set_up, unique_names
+from ._stages import Stages
 
 __all__ = ["dissect"]
 
@@ -26,7 +27,8 @@ def dissect(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4"
             probe: str | Probe = "default", *, method: str = "dissect", length: int = 3, beam: int = 5,
             out_dir: str = "dissection", weights: str | None = None, quantile: float = 0.005,
             batch_size: int = 64, units_per_part: int = 64, probe_images: int | None = None,
-            top_images: int = 5, report: bool = True, progress: bool = True,
+            top_images: int = 5, report: bool = True, progress: bool = True, cache: bool | None = None,
+            checkpoint_images: int = 1024,
             methods: Sequence[str] = ("rules",), label_options: dict | None = None) -> list[Explanation]:
     """Dissect ``layers`` of ``model`` on ``probe`` and write results and a report to ``out_dir``.
 
@@ -38,6 +40,12 @@ def dissect(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4"
     Explanations of Neurons", NeurIPS 2020), "optimal" (guaranteed-optimal formulas up to
     ``length``) or "clustered" (one formula per activation range).
     quantile: top quantile of each unit's activations that makes its mask (0.005).
+    cache: keep the float activations on disk (``layers/<layer>/acts.npy``) and read them back
+    instead of running the model twice: True, False, or None (where they take at most half the free
+    disk and half the available memory). Either way memory is flat in the probe's size but for the exact
+    top values the thresholds need; labelling methods and ``clustered``
+    read the cache, so they keep it. checkpoint_images: how often (in probe images)
+    the two passes save their state, so a killed run resumes there.
     methods: method families to run: ``rules`` (the rule search ``method``, always) and any of
     :data:`neurcore.labels.METHODS` (clip-dissect, linex, sieve), which run on the same activation
     cache, are verified beside the rules and added to the report (``label_options``: keyword
@@ -47,15 +55,19 @@ def dissect(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4"
     t0 = time.perf_counter()
     layers = unique_names(layers, "dissect: give at least one --layer")
     label_methods = _label_methods(method, methods)
-    setup = set_up(model, layers, probe, weights=weights, probe_images=probe_images, progress=progress)
+    stage = Stages(out_dir)
+    with stage("set-up: model, probe"):
+        setup = set_up(model, layers, probe, weights=weights, probe_images=probe_images, progress=progress)
     run = explain_rules(setup, out_dir, method=method, length=length, beam=beam, weights=weights,
                         quantile=quantile, batch_size=batch_size, units_per_part=units_per_part,
-                        progress=progress)
+                        top_images=top_images, cache=True if label_methods else cache,
+                        checkpoint_images=checkpoint_images, progress=progress, stage=stage)
     labels = _labels(setup, run, out_dir, label_methods, batch_size, progress, label_options)
     write_results(out_dir, run.results, labels)
     if report:
-        write_report(out_dir, run.results, run.settings, setup.probe, run.concepts, run.acts, run.masks,
-                     top_images=top_images, seconds=time.perf_counter() - t0)
+        with stage("report"):
+            write_report(out_dir, run.results, run.settings, setup.probe, run.concepts, run.tops,
+                         top_images=top_images, seconds=time.perf_counter() - t0)
         if labels:
             write_label_report(out_dir, setup.probe, run.acts, top_images=top_images)
     return run.results + labels

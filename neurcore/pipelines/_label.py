@@ -127,6 +127,7 @@ def label(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4",)
     methods = _check_methods(methods)
     layers = unique_names(layers, "label: give at least one layer")
     setup = set_up(model, layers, probe, weights=weights, probe_images=probe_images, progress=progress)
+    layers = setup.layers  # "all" and globs expanded
     vocab = _vocabulary(vocabulary, setup.probe)
     world = setup.probe if isinstance(setup.probe, SyntheticWorld) else None
     gen = generator if isinstance(generator, Generator) else \
@@ -191,7 +192,8 @@ def _rules_to_verify(rules, setup: Setup, out_dir: str, batch_size: int,
     if not hasattr(setup.probe, "concept_masks") or rules == "none":
         return None
     nested = Setup(setup.spec, setup.layers, setup.probe, setup.probe.name)
-    found = explain_rules(nested, out_dir, method=rules, batch_size=batch_size, progress=progress).results
+    found = explain_rules(nested, out_dir, method=rules, batch_size=batch_size, cache=True,
+                          progress=progress).results
     write_results(out_dir, found)
     return {name: [r for r in found if r.layer == name] for name in setup.layers}
 

@@ -1,9 +1,11 @@
 """The rule stage of a dissection: concept masks, activations, unit masks and rule search per layer.
 
 Every stage writes its artifact atomically under ``out_dir`` and is skipped when the artifact is
-already there, so re-running with the same ``out_dir`` resumes: concept masks (``concepts/``), per
-layer the activation cache (``layers/<layer>/acts.npy`` with its progress file), thresholds, unit
-masks, results in chunks of units (``layers/<layer>/parts/``) and the layer's ``results.jsonl``.
+already there, so re-running with the same ``out_dir`` resumes: concept masks (``concepts/``), the
+two streaming passes over the probe (:func:`neurcore.activations.stream_unit_masks`: per layer
+thresholds, top images and unit masks in blocks of units under ``layers/<layer>/``, checkpointed as
+they go; the float activation cache only when asked for or when the method needs it), results in
+chunks of units (``layers/<layer>/parts/``) and the layer's ``results.jsonl``.
 ``manifest.json`` records the settings; re-running into an ``out_dir`` made with other settings is
 refused rather than mixed.
 """
@@ -12,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
 
-from .._io import atomic_path, check_manifest, safe_name, write_json
-from ..activations import extract, thresholds, unit_masks
+from .._io import check_manifest, safe_name, write_json
+from ..activations import StreamedLayer, TopImages, layer_shapes, stream_unit_masks, unit_mask_blocks
 from ..engine import BitMasks, intersect_counts
 from ..errors import InputError
 from ..models import PlantedUnit
@@ -25,20 +28,21 @@ from ..probe import Probe
 from ..results import Explanation, read_jsonl, write_csv, write_jsonl
 from ..rules import METHODS, ClusteredSearch, ConceptSet, activation_ranges, range_masks, search
 from ._setup import Setup
+from ._stages import Stages
 
-__all__ = ["RuleRun", "check_rule_method", "explain_rules", "write_results"]
+__all__ = ["RuleRun", "check_disk", "check_rule_method", "explain_rules", "write_results"]
 
 
 @dataclass
 class RuleRun:
     """What the rule stage leaves for the stages after it: the manifest's settings, the concept set, each
-    layer's activation cache (read-only memmap [n_images, units, h, w]) and unit masks, and one
-    explanation per unit of every layer, layer by layer."""
+    layer's top images (for the report), its activation cache where one was kept (read-only memmap
+    [n_images, units, h, w]), and one explanation per unit of every layer, layer by layer."""
 
     settings: dict
     concepts: ConceptSet
+    tops: dict[str, TopImages]
     acts: dict[str, np.ndarray]
-    masks: dict[str, BitMasks]
     results: list[Explanation]
 
 
@@ -50,29 +54,88 @@ def check_rule_method(method: str) -> None:
 
 def explain_rules(setup: Setup, out_dir: str, *, method: str, length: int = 3, beam: int = 5,
                   weights: str | None = None, quantile: float = 0.005, batch_size: int = 64,
-                  units_per_part: int = 64, progress: bool = True) -> RuleRun:
+                  units_per_part: int = 64, top_images: int = 5, cache: bool | None = None,
+                  checkpoint_images: int = 1024, progress: bool = True,
+                  stage: Stages | None = None) -> RuleRun:
     """Explain every unit of ``setup.layers`` by rules over the probe's concepts, resuming from ``out_dir``.
 
     method: a rule-search method (``dissect``, ``beam``, ``optimal``, ``clustered``) with its
     ``length`` and ``beam``; quantile: the top quantile of each unit's activations that makes its
-    mask (NetDissect's 0.005). ``weights`` is only recorded in the manifest.
+    mask (NetDissect's 0.005). Activations stream in two passes, in memory that grows with the probe
+    only by the exact top values the thresholds need (``quantile`` of each layer's activations),
+    checkpointed every ``checkpoint_images`` images; ``cache`` also keeps them on disk and reads them
+    back instead of a second forward pass: True, False, or None to keep them where they take at
+    most half the free disk and half the available memory (``clustered``, which reads them, always
+    keeps them).
+    ``weights`` is only recorded in the manifest; ``stage`` times the stages (``stages.json``).
     """
     check_rule_method(method)
+    stage = stage or Stages(out_dir)
     settings = _settings(setup, method, length, beam, weights, quantile)
     check_manifest(out_dir, settings)
-    concepts = _concepts(setup.probe, out_dir, progress)
+    cache = check_disk(setup, out_dir, quantile, True if method == "clustered" else cache)
+    with stage("concept masks"):
+        concepts = _concepts(setup.probe, out_dir, progress)
     layer_root = os.path.join(out_dir, "layers")
-    acts = extract(setup.spec, setup.layers, setup.probe, layer_root, batch_size=batch_size,
-                   progress=progress)
-    masks, results = {}, []
-    for name in setup.layers:
-        d = os.path.join(layer_root, safe_name(name))
-        masks[name] = _unit_masks(acts[name], d, quantile, concepts, batch_size, progress)
-        planted = [u for u in setup.spec.planted if u.layer == name] \
-            if hasattr(setup.probe, "concept_maps") else []
-        results.extend(_search_layer(name, d, masks[name], acts[name], concepts, method, length, beam,
-                                     units_per_part, planted))
-    return RuleRun(settings, concepts, acts, masks, results)
+    streamed = stream_unit_masks(setup.spec, setup.layers, setup.probe, layer_root, quantile=quantile,
+                                 mask_shape=concepts.masks.image_shape, block_units=units_per_part,
+                                 top_images=top_images, batch_size=batch_size, cache=cache,
+                                 checkpoint_images=checkpoint_images, progress=progress, stage=stage)
+    results = []
+    with stage("search"):
+        for name in setup.layers:
+            d = os.path.join(layer_root, safe_name(name))
+            planted = [u for u in setup.spec.planted if u.layer == name] \
+                if hasattr(setup.probe, "concept_maps") else []
+            results.extend(_search_layer(name, d, streamed[name], concepts, method, length, beam,
+                                         units_per_part, planted))
+    return RuleRun(settings, concepts, {n: s.top for n, s in streamed.items()},
+                   {n: s.acts for n, s in streamed.items() if s.acts is not None}, results)
+
+
+def check_disk(setup: Setup, out_dir: str, quantile: float, cache: bool | None) -> bool:
+    """Refuse, before any long work, a run whose outputs would not fit on ``out_dir``'s disk: concept masks
+    (estimated from the probe's first images), unit masks (at most ``min(1, quantile x h x w)`` of a
+    unit's images hold any of its top values) and, with ``cache``, the float activations. Returns
+    whether to keep the cache: ``cache`` as given, or for None (auto) whether it takes at most half of
+    the disk space the rest leaves free and half the memory available to the page cache: read back
+    from the page cache it is cheaper than a second forward pass, read back from disk often not."""
+    shapes = layer_shapes(setup.spec, setup.layers, setup.probe)
+    n = setup.probe.n_images
+    wpi_bytes = 8 * -(-int(np.prod(setup.probe.mask_shape)) // 64)
+    need = {"unit masks": sum(c * n * min(1.0, quantile * h * w) for c, h, w in shapes.values())
+            * (wpi_bytes + 16)}
+    if not os.path.isfile(os.path.join(out_dir, "concepts.json")):
+        sample = range(min(16, n))
+        present = sum(len(setup.probe.image_concepts(i)[0]) for i in sample) / len(sample)
+        need["concept masks"] = present * n * (wpi_bytes + 8)
+    acts_bytes = sum(4 * n * c * h * w for c, h, w in shapes.values())
+    parent = os.path.abspath(out_dir)
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    free = shutil.disk_usage(parent).free
+    if cache is None:
+        cache = acts_bytes <= min((free - sum(need.values())) / 2, _available_memory() / 2)
+    if cache:
+        need["activation cache"] = acts_bytes
+    if sum(need.values()) > free:
+        parts = ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in need.items())
+        raise InputError(f"{out_dir}: this run needs about {sum(need.values()) / 2**30:.1f} GiB on disk "
+                         f"({parts}; {n} probe images) and {parent} has {free / 2**30:.1f} GiB free: "
+                         "free space, or give fewer --probe-images")
+    return cache
+
+
+def _available_memory() -> int:
+    """Bytes of memory available for new data and the page cache (Linux MemAvailable; else physical)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def write_results(out_dir: str, rules: list[Explanation], labels: list[Explanation] = ()) -> None:
@@ -106,24 +169,7 @@ def _concepts(probe: Probe, out_dir: str, progress: bool) -> ConceptSet:
     return ConceptSet(BitMasks.load(path), probe.concept_names, probe.concept_categories)
 
 
-def _unit_masks(acts: np.ndarray, layer_dir: str, quantile: float, concepts: ConceptSet, batch_size: int,
-                progress: bool) -> BitMasks:
-    """A layer's thresholds and binary unit masks at the concepts' resolution, cached in ``layer_dir``."""
-    t_file = os.path.join(layer_dir, "thresholds.npy")
-    if os.path.isfile(t_file):
-        thr = np.load(t_file)
-    else:
-        thr = thresholds(acts, quantile)
-        with atomic_path(t_file) as tmp:
-            np.save(tmp, thr)
-    m_dir = os.path.join(layer_dir, "unit_masks")
-    if not os.path.isfile(os.path.join(m_dir, "meta.json")):
-        masks = unit_masks(acts, thr, concepts.masks.image_shape, batch_size=batch_size, progress=progress)
-        masks.save(m_dir)
-    return BitMasks.load(m_dir)
-
-
-def _search_layer(name: str, d: str, masks: BitMasks, acts: np.ndarray, concepts: ConceptSet, method: str,
+def _search_layer(name: str, d: str, layer: StreamedLayer, concepts: ConceptSet, method: str,
                   length: int, beam: int, units_per_part: int,
                   planted: list[PlantedUnit]) -> list[Explanation]:
     """A layer's explanations: read back when finished, else searched ``units_per_part`` units at a time
@@ -134,43 +180,45 @@ def _search_layer(name: str, d: str, masks: BitMasks, acts: np.ndarray, concepts
     parts = os.path.join(d, "parts")
     os.makedirs(parts, exist_ok=True)
     out: list[Explanation] = []
-    for start in range(0, masks.n, units_per_part):
+    n_units = len(layer.thresholds)
+    for start in range(0, n_units, units_per_part):
         part = os.path.join(parts, f"units-{start:06d}.jsonl")
         if os.path.isfile(part):
             out.extend(read_jsonl(part))
             continue
-        chunk = _search_units(name, masks, acts, concepts, method, length, beam,
-                              range(start, min(masks.n, start + units_per_part)))
+        chunk = _search_units(name, layer, concepts, method, length, beam,
+                              range(start, min(n_units, start + units_per_part)))
         write_jsonl(part, chunk)
         out.extend(chunk)
-    _judge_planted(out, planted, masks, acts, concepts, method)
+    _judge_planted(out, planted, layer, concepts, method)
     write_jsonl(final, out)
     return out
 
 
-def _search_units(name: str, masks: BitMasks, acts: np.ndarray, concepts: ConceptSet, method: str,
-                  length: int, beam: int, units: range) -> list[Explanation]:
+def _search_units(name: str, layer: StreamedLayer, concepts: ConceptSet, method: str, length: int,
+                  beam: int, units: range) -> list[Explanation]:
     if method == "clustered":
-        return ClusteredSearch(concepts).explain(acts, length=length, beam=beam, layer=name, units=units)
-    chunk = search(masks[units.start : units.stop], concepts, method=method, length=length, beam=beam,
+        return ClusteredSearch(concepts).explain(layer.acts, length=length, beam=beam, layer=name,
+                                                 units=units)
+    chunk = search(unit_mask_blocks(layer, units), concepts, method=method, length=length, beam=beam,
                    layer=name)
     for r in chunk:
         r.unit += units.start
     return chunk
 
 
-def _judge_planted(results: list[Explanation], planted: list[PlantedUnit], masks: BitMasks, acts: np.ndarray,
+def _judge_planted(results: list[Explanation], planted: list[PlantedUnit], layer: StreamedLayer,
                    concepts: ConceptSet, method: str) -> None:
     """Record, on each planted formula unit (the layer's last units), its formula, that formula's IoU with the
     unit's mask and whether the explanation found scores at least as well."""
-    first = masks.n - len(planted)
+    first = len(layer.thresholds) - len(planted)
     for k, unit in enumerate(planted):
         if unit.formula is None:  # a linear unit: LinEx's truth, not a formula's
             continue
         r = results[first + k]
-        target = masks[first + k]
+        target = unit_mask_blocks(layer, range(first + k, first + k + 1))
         if method == "clustered" and r.ranges:  # judged on the highest range, the one reported
-            maps = np.asarray(acts[:, first + k])
+            maps = np.asarray(layer.acts[:, first + k])
             ranges = activation_ranges(maps, len(r.ranges))
             target = range_masks(maps, ranges, concepts.masks.image_shape)[len(ranges) - 1]
         p_iou = _planted_iou(unit.formula, target, concepts)

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..models import ModelSpec, load_model, resolve_layer
+from ..models import ModelSpec, expand_layers, load_model
 from ..probe import Probe, open_probe
 
 __all__ = ["Setup", "set_up", "unique_names"]
@@ -34,13 +34,13 @@ def unique_names(names: Iterable[str], what: str) -> list[str]:
 
 def set_up(model: str | ModelSpec, layers: Sequence[str], probe: str | Probe, *, weights: str | None = None,
            probe_images: int | None = None, progress: bool = True) -> Setup:
-    """Load ``model`` (a name or a :class:`~neurcore.models.ModelSpec`), check that every layer is in it,
-    and open ``probe`` (a spec such as ``default``, ``broden:DIR`` or ``folder:DIR``, or a
+    """Load ``model`` (a name or a :class:`~neurcore.models.ModelSpec`), expand ``layers`` (names, ``all``
+    for every block output, or globs such as ``layer4.*``: :func:`~neurcore.models.expand_layers`), and
+    open ``probe`` (a spec such as ``default``, ``broden:DIR`` or ``folder:DIR``, or a
     :class:`~neurcore.probe.Probe`); images of a Broden or folder probe are read at the model's input size."""
     spec = model if isinstance(model, ModelSpec) else load_model(model, weights, progress=progress)
-    for name in layers:
-        resolve_layer(spec.module, name)
+    layers = expand_layers(spec.module, layers)
     if isinstance(probe, Probe):
-        return Setup(spec, list(layers), probe, probe.name)
+        return Setup(spec, layers, probe, probe.name)
     image_size = spec.input_size if probe.startswith(("broden", "folder")) else None
-    return Setup(spec, list(layers), open_probe(probe, image_size=image_size, n_images=probe_images), probe)
+    return Setup(spec, layers, open_probe(probe, image_size=image_size, n_images=probe_images), probe)

@@ -212,11 +212,11 @@ class BrodenProbe(Probe):
 
 def write_broden(directory: str | os.PathLike, world: Probe, n_images: int | None = None,
                  image_size: int | None = None) -> None:
-    """Export a synthetic world (or any probe with ``concept_maps``) as a Broden-format directory.
+    """Export a probe (the synthetic worlds, or any other) as a Broden-format directory.
 
     Scenes become image-level labels; every other category a segmentation PNG
-    per image (label = R + 256 G). Used by the tests and to try Broden-reading
-    tools on data with known masks. n_images: the first images of ``world`` (default all);
+    per image (label = R + 256 G), written from each image's sparse concept masks. Used by the tests
+    and to try Broden-reading tools on data with known masks. n_images: the first images of ``world`` (default all);
     image_size: side in pixels the JPEG images are resized to (default: as drawn).
     """
     n = world.n_images if n_images is None else n_images
@@ -229,19 +229,23 @@ def write_broden(directory: str | os.PathLike, world: Probe, n_images: int | Non
     index_rows = []
     for start in range(0, n, 64):
         stop = min(n, start + 64)
-        imgs, maps = world.images(start, stop), world.concept_maps(start, stop)
+        imgs = world.images(start, stop)
         for j in range(stop - start):
             name = f"img{start + j:05d}"
             image = _save_image(directory, name, imgs[j], image_size)
-            h, w = maps.shape[2:]
+            rows, masks = world.image_concepts(start + j)  # sparse: only the concepts present
+            rows = np.asarray(rows, np.int64)
+            keep = np.flatnonzero(masks.reshape(len(rows), -1).any(axis=1))
+            keep = keep[np.argsort(rows[keep], kind="stable")]  # concepts in label order, as they layer
+            rows, masks = rows[keep], masks[keep]
+            h, w = world.mask_shape
             row = {"image": f"{name}.jpg", "split": "train", "ih": image.shape[0], "iw": image.shape[1],
                    "sh": h, "sw": w}
-            present = maps[j].any(axis=(1, 2))
-            freq += present
-            pixels += maps[j].mean(axis=(1, 2))
+            freq[rows] += 1
+            pixels[rows] += masks.mean(axis=(1, 2))
             for cat in categories:
-                ks = [k for k in range(len(names)) if cats[k] == cat and present[k]]
-                row[cat] = _category_cell(directory, name, cat, [(number[k], maps[j, k]) for k in ks])
+                row[cat] = _category_cell(directory, name, cat,
+                                          [(number[int(k)], m) for k, m in zip(rows, masks) if cats[k] == cat])
             index_rows.append(row)
     _write_index(directory, index_rows, categories)
     _write_categories(directory, categories, cats, number, freq)

@@ -1,0 +1,358 @@
+"""Unit masks of whole networks in bounded memory: two passes over the probe, no float cache needed.
+
+Pass 1 runs the probe through the model and keeps, per unit, the exact top values it needs for its
+top-``quantile`` threshold (``quantile x images x h x w`` values, :class:`TopValues`) and its top
+images (:class:`TopImages`); pass 2 runs the probe again and binarizes every map straight into
+image-sparse ``BitMasks`` spilled to disk, one per block of units. Running the forward pass twice
+costs far less than storing the activations (about 200 GB for ResNet-50's ``layer1`` on Broden);
+with ``cache=True`` pass 1 also writes them (``layers/<layer>/acts.npy``, the cache :func:`extract`
+writes) and pass 2 reads them back instead.
+
+Thresholds equal :func:`thresholds` on the whole cache (numpy's linear quantile, bit for bit) and the
+masks equal :func:`unit_masks`. Both passes checkpoint every ``checkpoint_images`` images (state
+files replaced atomically), so a killed run resumes where it stopped with byte-identical results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._io import atomic_path, read_json, safe_name, write_json
+from ..engine import BitMasks, BitMasksBuilder
+from ..errors import InputError
+from ._binarize import binarize
+from ._extract import layer_batches
+from ._top import TopImages
+
+if TYPE_CHECKING:
+    from ..models import ModelSpec
+    from ..probe import Probe
+
+__all__ = ["StreamedLayer", "TopValues", "linear_quantile", "stream_unit_masks", "unit_mask_blocks"]
+
+
+def _kept(n_values: int, quantile: float) -> tuple[float, int, int]:
+    """numpy's linear (1 - quantile) quantile of ``n_values`` values: its virtual index, the lower
+    ascending index and how many of the largest values reach down to it."""
+    q = 1 - quantile
+    virtual = n_values * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's _compute_virtual_index, alpha = beta = 1
+    lower = min(max(math.floor(virtual), 0), n_values - 1)
+    return virtual, lower, n_values - lower
+
+
+def linear_quantile(top: np.ndarray, n_values: int, quantile: float) -> np.ndarray:
+    """Per row, ``np.quantile(values, 1 - quantile)`` (linear) of ``n_values`` values of which ``top``
+    float32 [rows, >= kept] holds the largest, in descending order -> float32 [rows], bit for bit."""
+    virtual, lower, kept = _kept(n_values, quantile)
+    if top.shape[1] < kept:
+        raise InputError(f"linear_quantile: need the {kept} largest values, got {top.shape[1]}")
+    if virtual >= n_values - 1:
+        return top[:, 0].astype(np.float32)
+    a = top[:, n_values - 1 - lower].astype(np.float32)
+    b = top[:, n_values - 2 - lower].astype(np.float32)
+    t = float(virtual - lower)
+    diff = b - a
+    out = a + diff * t  # numpy's _lerp, with the weight as a Python float as np.quantile passes it
+    if t >= 0.5:
+        out = b - diff * (1 - t)
+    return out.astype(np.float32)
+
+
+class TopValues:
+    """The ``k`` largest values of each of ``units`` rows seen so far, exactly: ``values`` float32
+    [units, <=k], each row's minimum first once the row is full (a partition, not a sort)."""
+
+    def __init__(self, units: int, k: int, values: np.ndarray | None = None):
+        self.k = int(k)
+        self.values = np.empty((units, 0), np.float32) if values is None else np.asarray(values, np.float32)
+
+    def update(self, maps: np.ndarray) -> None:
+        """Take in a batch of maps, float32 [b, units, h, w] (or [b, units, m])."""
+        if self.values.shape[1] < self.k:  # filling up: keep everything, then the k largest
+            flat = np.moveaxis(maps, 1, 0).reshape(maps.shape[1], -1)
+            merged = np.concatenate([self.values, flat], axis=1)
+            if merged.shape[1] >= self.k:  # full: the k largest, each row's minimum first
+                merged = np.partition(merged, merged.shape[1] - self.k, axis=1)[:, -self.k:]
+            self.values = np.ascontiguousarray(merged)
+            return
+        floor = self.values[:, 0]
+        above = maps > floor.reshape(1, -1, *([1] * (maps.ndim - 2)))
+        # only rows with a value above their k-th largest change; each merges its few candidates
+        for u in np.flatnonzero(above.any(axis=tuple(i for i in range(maps.ndim) if i != 1))):
+            merged = np.concatenate([self.values[u], maps[:, u][above[:, u]]])
+            self.values[u] = np.partition(merged, len(merged) - self.k)[-self.k:]
+
+    def descending(self) -> np.ndarray:
+        """The values kept, largest first: float32 [units, <=k]."""
+        return -np.sort(-self.values, axis=1)
+
+
+@dataclass
+class StreamedLayer:
+    """A layer after both passes: thresholds float32 [units], its units' top images, its unit-mask
+    blocks (directories of saved ``BitMasks``, ``block_units`` units each, in unit order) and, with
+    ``cache=True``, its activation cache (read-only memmap [n_images, units, h, w])."""
+
+    thresholds: np.ndarray
+    top: TopImages
+    blocks: list[str]
+    acts: np.ndarray | None = None
+
+
+def stream_unit_masks(spec: ModelSpec, layers: list[str], probe: Probe, root: str, *, quantile: float,
+                      mask_shape: tuple[int, int], block_units: int = 64, top_images: int = 5,
+                      batch_size: int = 64, cache: bool = False, checkpoint_images: int = 1024,
+                      progress: bool = True,
+                      stage: Callable[[str], contextlib.AbstractContextManager] | None = None,
+                      ) -> dict[str, StreamedLayer]:
+    """Thresholds, top images and unit masks of ``layers`` over ``probe``, under ``root/<layer>/``.
+
+    quantile: each unit's top quantile (NetDissect's 0.005); mask_shape: the concept masks' (h, w);
+    block_units: units per saved mask block. Memory: the per-unit top values
+    (``quantile x n_images x h x w`` floats a unit), a batch of maps, and ``top_images`` maps a unit.
+    Resumes from the last checkpoint of either pass. ``stage(name)``, when given, is a context manager
+    around each pass (a :class:`~neurcore.pipelines.Stages`-like timer).
+    """
+    if not 0 < quantile < 1:
+        raise InputError(f"quantile must lie in (0, 1), got {quantile}")
+    if probe.n_images == 0:
+        raise InputError(f"{probe.name}: the probe has no images")
+    dirs = {name: os.path.join(root, safe_name(name)) for name in layers}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+    run = _Pass(spec, layers, probe, root, dirs, batch_size, cache, checkpoint_images, progress)
+    stage = stage or (lambda _name: contextlib.nullcontext())
+    with stage("pass 1: activations, thresholds, top images"):
+        thr, tops = _pass1(run, quantile, top_images)
+    with stage("pass 2: activations, unit masks"):
+        blocks = _pass2(run, thr, mask_shape, block_units)
+    out = {}
+    for name in layers:
+        acts = np.load(_cache_file(dirs[name]), mmap_mode="r") if cache else None
+        out[name] = StreamedLayer(thr[name], tops[name], blocks[name], acts)
+    return out
+
+
+def unit_mask_blocks(layer: StreamedLayer, units: range) -> BitMasks:
+    """The unit masks of ``units`` (a range of the layer's units), read from its blocks on disk."""
+    picked, first = [], 0
+    for d in layer.blocks:
+        if first >= units.stop:
+            break
+        m = BitMasks.load(d)
+        lo, hi = max(units.start, first), min(units.stop, first + m.n)
+        if lo < hi:
+            picked.append(m[lo - first : hi - first])
+        first += m.n
+    if not picked:
+        raise InputError(f"unit_mask_blocks: units {units.start}..{units.stop - 1} are not in the layer")
+    return picked[0] if len(picked) == 1 else BitMasks.concat(picked)
+
+
+@dataclass
+class _Pass:
+    spec: object
+    layers: list[str]
+    probe: object
+    root: str
+    dirs: dict[str, str]
+    batch_size: int
+    cache: bool
+    checkpoint_images: int
+    progress: bool
+
+    def batches(self, start: int, from_cache: bool) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """Batches of maps from image ``start``: a forward pass, or the activation cache."""
+        if not from_cache:
+            yield from layer_batches(self.spec, self.layers, self.probe, start, self.batch_size)
+            return
+        n = self.probe.n_images
+        for s in range(start, n, self.batch_size):
+            e = min(n, s + self.batch_size)
+            yield s, e, {name: _read_rows(_cache_file(self.dirs[name]), s, e) for name in self.layers}
+
+    def bar(self, desc: str, start: int):
+        """A progress bar over the probe's images."""
+        from tqdm import tqdm
+
+        return tqdm(total=self.probe.n_images, initial=start, desc=desc, unit="img", leave=False,
+                    disable=not self.progress)
+
+
+def _cache_file(layer_dir: str) -> str:
+    return os.path.join(layer_dir, "acts.npy")
+
+
+def _pass1(run: _Pass, quantile: float, top_images: int) -> tuple[dict, dict]:
+    """Pass 1: thresholds and top images of every layer (read back when a previous run finished it)."""
+    state_file = os.path.join(run.root, "pass1.json")
+    state = read_json(state_file) or {}
+    if state.get("finished"):
+        return ({n: np.load(os.path.join(d, "thresholds.npy")) for n, d in run.dirs.items()},
+                {n: TopImages.load(os.path.join(d, "top.npz")) for n, d in run.dirs.items()})
+    start = int(state.get("done", 0))
+    values, tops = _load_pass1(run, state) if start else ({}, {})
+    n, last = run.probe.n_images, start
+    bar = run.bar("pass 1: thresholds", start)
+    for s, e, maps_by_layer in run.batches(start, from_cache=False):
+        for name, maps in maps_by_layer.items():
+            _take_in(run, name, maps, s, values, tops, quantile, top_images)
+        bar.update(e - s)
+        if e - last >= run.checkpoint_images and e < n:
+            _save_pass1(run, state_file, e, values, tops)
+            last = e
+    bar.close()
+    thr = {}
+    for name, d in run.dirs.items():
+        hw = int(np.prod(tops[name].maps.shape[2:]))
+        thr[name] = linear_quantile(values[name].descending(), n * hw, quantile)
+        with atomic_path(os.path.join(d, "thresholds.npy")) as tmp:
+            np.save(tmp, thr[name])
+        tops[name].save(os.path.join(d, "top.npz"))
+        if run.cache:
+            write_json(os.path.join(d, "progress.json"), {"done": n, "shape": [n, *_cache_shape(d)]})
+    write_json(state_file, {"finished": True})
+    _clear_checkpoints(run.root, "pass1-")
+    return thr, tops
+
+
+def _take_in(run: _Pass, name: str, maps: np.ndarray, s: int, values: dict, tops: dict, quantile: float,
+             top_images: int) -> None:
+    """One batch of one layer into its top values, top images and (with a cache) the cache file."""
+    c = maps.shape[1]
+    if name not in values:
+        _, _, kept = _kept(run.probe.n_images * int(np.prod(maps.shape[2:])), quantile)
+        values[name] = TopValues(c, kept)
+        tops[name] = TopImages.empty(c, top_images, maps.shape[2:])
+    values[name].update(maps)
+    tops[name].update(maps, s)
+    if run.cache:
+        _write_rows(_cache_file(run.dirs[name]), maps, s, run.probe.n_images)
+
+
+def _save_pass1(run: _Pass, state_file: str, done: int, values: dict, tops: dict) -> None:
+    """Checkpoint pass 1 after ``done`` images: every layer's state in one file, then the pointer to it."""
+    path = os.path.join(run.root, f"pass1-{done:010d}.npz")
+    arrays = {}
+    for name in run.layers:
+        t = tops[name]
+        arrays.update({f"{name}|values": values[name].values, f"{name}|index": t.index,
+                       f"{name}|peak": t.peak, f"{name}|maps": t.maps, f"{name}|unit_max": t.unit_max})
+    if run.cache:
+        for name in run.layers:
+            _sync(_cache_file(run.dirs[name]))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    write_json(state_file, {"done": done, "file": os.path.basename(path),
+                            "kept": {name: values[name].k for name in run.layers}})
+    _clear_checkpoints(run.root, "pass1-", keep=os.path.basename(path))
+
+
+def _load_pass1(run: _Pass, state: dict) -> tuple[dict, dict]:
+    with np.load(os.path.join(run.root, state["file"])) as z:
+        values = {n: TopValues(0, state["kept"][n], z[f"{n}|values"]) for n in run.layers}
+        tops = {n: TopImages(z[f"{n}|index"], z[f"{n}|peak"], z[f"{n}|maps"], z[f"{n}|unit_max"])
+                for n in run.layers}
+    return values, tops
+
+
+def _pass2(run: _Pass, thr: dict, mask_shape: tuple[int, int], block_units: int) -> dict[str, list[str]]:
+    """Pass 2: every layer's maps binarized into unit-mask blocks spilled to disk."""
+    state_file = os.path.join(run.root, "pass2.json")
+    state = read_json(state_file) or {}
+    blocks = {name: [os.path.join(run.dirs[name], "unit_masks", f"units-{u:06d}")
+                     for u in range(0, len(thr[name]), block_units)] for name in run.layers}
+    if state.get("finished"):
+        return blocks
+    n, start = run.probe.n_images, int(state.get("done", 0))
+    saved = state.get("builders", {})
+    builders = {}
+    for name in run.layers:
+        for k, path in enumerate(blocks[name]):
+            if start == n and not os.path.isdir(path + ".partial"):
+                continue  # finished before the run was killed
+            builders[path] = BitMasksBuilder(min(block_units, len(thr[name]) - k * block_units), mask_shape,
+                                             layout="sparse", path=path,
+                                             resume=saved[_key(run, path)] if start else None)
+    last = start
+    bar = run.bar("pass 2: unit masks", start)
+    for s, e, maps_by_layer in run.batches(start, from_cache=run.cache):
+        for name, maps in maps_by_layer.items():
+            for b, units, images, masks in binarize(maps, thr[name], mask_shape):
+                which = units // block_units
+                for k, path in enumerate(blocks[name]):
+                    sel = which == k
+                    builders[path].append_sparse(b, units[sel] - k * block_units, images[sel], masks[sel])
+        bar.update(e - s)
+        if (e - last >= run.checkpoint_images or e == n) and e > last:
+            # the last checkpoint (e == n) lets a run killed while the blocks are finished redo only the rest
+            write_json(state_file, {"done": e, "builders": {_key(run, p): bld.checkpoint()
+                                                            for p, bld in builders.items()}})
+            last = e
+    bar.close()
+    for bld in builders.values():
+        bld.finish()
+    write_json(state_file, {"finished": True})
+    return blocks
+
+
+def _key(run: _Pass, path: str) -> str:
+    return os.path.relpath(path, run.root)
+
+
+def _clear_checkpoints(root: str, prefix: str, keep: str | None = None) -> None:
+    for f in os.listdir(root):
+        if f.startswith(prefix) and f.endswith(".npz") and f != keep:
+            os.remove(os.path.join(root, f))
+
+
+# The activation cache is a plain .npy file written with positioned writes and read with positioned
+# reads, never memory-mapped by the streaming passes, so it adds nothing to the process's memory.
+def _write_rows(path: str, maps: np.ndarray, start: int, n: int) -> None:
+    """Write images ``start..`` of a layer's cache [n, units, h, w], creating the file on first use."""
+    if not os.path.exists(path) or start == 0:
+        header = np.lib.format.header_data_from_array_1_0(np.zeros((0, *maps.shape[1:]), np.float32))
+        header["shape"] = (n, *maps.shape[1:])
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.truncate(f.tell() + n * maps[0].nbytes)
+    with open(path, "r+b") as f:
+        offset = _header_size(f) + start * maps[0].nbytes
+        os.pwrite(f.fileno(), np.ascontiguousarray(maps, np.float32).tobytes(), offset)
+
+
+def _read_rows(path: str, start: int, stop: int) -> np.ndarray:
+    with open(path, "rb") as f:
+        shape = _cache_header(f)
+        row = int(np.prod(shape[1:]))
+        f.seek(_header_size(f) + start * row * 4)
+        return np.fromfile(f, np.float32, count=(stop - start) * row).reshape(stop - start, *shape[1:])
+
+
+def _cache_header(f) -> tuple:
+    f.seek(0)
+    np.lib.format.read_magic(f)
+    shape, _, _ = np.lib.format.read_array_header_1_0(f)
+    return shape
+
+
+def _header_size(f) -> int:
+    _cache_header(f)
+    return f.tell()
+
+
+def _cache_shape(layer_dir: str) -> tuple:
+    with open(_cache_file(layer_dir), "rb") as f:
+        return _cache_header(f)[1:]
+
+
+def _sync(path: str) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
