@@ -232,3 +232,30 @@ def test_streamed_dissection_equals_the_in_memory_path_on_the_broden_scale_probe
     concepts = ConceptSet(probe.concept_masks(), probe.concept_names, probe.concept_categories)
     want = search(units, concepts, method="beam", length=2, beam=3, layer="3")
     assert [r.to_dict() for r in got] == [r.to_dict() for r in want]
+
+
+def test_a_resumed_run_keeps_the_cache_choice_its_first_pass_made(tmp_path, monkeypatch):
+    """Killed in pass 1 without a cache and resumed asking for one, the passes stay cache-free (the
+    file would be half written) and the cache asked for is built afterwards, equal to extract's."""
+    import neurcore.activations._stream as stream
+
+    spec, world = _tiny_model(), SyntheticWorld(n_images=21, size=24, seed=5)
+    kw = {"quantile": 0.05, "mask_shape": (24, 24), "block_units": 4, "top_images": 2, "batch_size": 4,
+          "checkpoint_images": 8, "progress": False}
+    whole = stream_unit_masks(spec, ["3"], world, str(tmp_path / "whole"), cache=False, **kw)
+    real, calls = stream._take_in, {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream, "_take_in", failing)
+    with pytest.raises(_Killed):
+        stream_unit_masks(spec, ["3"], world, str(tmp_path / "r"), cache=False, **kw)
+    monkeypatch.setattr(stream, "_take_in", real)
+    got = stream_unit_masks(spec, ["3"], world, str(tmp_path / "r"), cache=True, **kw)["3"]
+    assert got.thresholds.tobytes() == whole["3"].thresholds.tobytes()
+    want = extract(spec, ["3"], world, str(tmp_path / "c"), batch_size=4, progress=False)["3"]
+    assert np.array_equal(np.asarray(got.acts), np.asarray(want))

@@ -28,7 +28,7 @@ from .._io import atomic_path, read_json, safe_name, write_json
 from ..engine import BitMasks, BitMasksBuilder
 from ..errors import InputError
 from ._binarize import binarize
-from ._extract import layer_batches
+from ._extract import extract, layer_batches
 from ._top import TopImages
 
 if TYPE_CHECKING:
@@ -127,17 +127,19 @@ def stream_unit_masks(spec: ModelSpec, layers: list[str], probe: Probe, root: st
     dirs = {name: os.path.join(root, safe_name(name)) for name in layers}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
-    run = _Pass(spec, layers, probe, root, dirs, batch_size, cache, checkpoint_images, progress)
+    # a resumed run keeps the cache choice its pass 1 started with (its cache file is half written)
+    started = (read_json(os.path.join(root, "pass1.json")) or {}).get("cache")
+    run = _Pass(spec, layers, probe, root, dirs, batch_size, cache if started is None else started,
+                checkpoint_images, progress)
     stage = stage or (lambda _name: contextlib.nullcontext())
     with stage("pass 1: activations, thresholds, top images"):
         thr, tops = _pass1(run, quantile, top_images)
     with stage("pass 2: activations, unit masks"):
         blocks = _pass2(run, thr, mask_shape, block_units)
-    out = {}
-    for name in layers:
-        acts = np.load(_cache_file(dirs[name]), mmap_mode="r") if cache else None
-        out[name] = StreamedLayer(thr[name], tops[name], blocks[name], acts)
-    return out
+    acts = {n: np.load(_cache_file(d), mmap_mode="r") for n, d in dirs.items()} if run.cache else {}
+    if cache and not run.cache:  # asked for now, not kept by the run that did the passes
+        acts = extract(spec, layers, probe, root, batch_size=batch_size, progress=progress)
+    return {name: StreamedLayer(thr[name], tops[name], blocks[name], acts.get(name)) for name in layers}
 
 
 def unit_mask_blocks(layer: StreamedLayer, units: range) -> BitMasks:
@@ -218,7 +220,7 @@ def _pass1(run: _Pass, quantile: float, top_images: int) -> tuple[dict, dict]:
         tops[name].save(os.path.join(d, "top.npz"))
         if run.cache:
             write_json(os.path.join(d, "progress.json"), {"done": n, "shape": [n, *_cache_shape(d)]})
-    write_json(state_file, {"finished": True})
+    write_json(state_file, {"finished": True, "cache": run.cache})
     _clear_checkpoints(run.root, "pass1-")
     return thr, tops
 
@@ -250,7 +252,7 @@ def _save_pass1(run: _Pass, state_file: str, done: int, values: dict, tops: dict
             _sync(_cache_file(run.dirs[name]))
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    write_json(state_file, {"done": done, "file": os.path.basename(path),
+    write_json(state_file, {"done": done, "file": os.path.basename(path), "cache": run.cache,
                             "kept": {name: values[name].k for name in run.layers}})
     _clear_checkpoints(run.root, "pass1-", keep=os.path.basename(path))
 
