@@ -42,10 +42,10 @@ def dissect(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4"
     quantile: top quantile of each unit's activations that makes its mask (0.005).
     cache: keep the float activations on disk (``layers/<layer>/acts.npy``) and read them back
     instead of running the model twice: True, False, or None (where they take at most half the free
-    disk and half the available memory). Either way memory is flat in the probe's size but for the exact
-    top values the thresholds need; labelling methods and ``clustered``
-    read the cache, so they keep it. checkpoint_images: how often (in probe images)
-    the two passes save their state, so a killed run resumes there.
+    disk and half the available memory). Either way memory is flat in the probe's size but for the
+    exact top values the thresholds need; labelling methods and ``clustered`` read the cache, so
+    they keep it. checkpoint_images: how often (in probe images) the two passes save their state,
+    so a killed run resumes there.
     methods: method families to run: ``rules`` (the rule search ``method``, always) and any of
     :data:`neurcore.labels.METHODS` (clip-dissect, linex, sieve), which run on the same activation
     cache, are verified beside the rules and added to the report (``label_options``: keyword
