@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from .errors import InputError
 
-__all__ = ["atomic_path", "atomic_open", "write_json", "write_text", "write_png", "read_json",
+__all__ = ["atomic_path", "atomic_open", "write_json", "write_text", "write_image", "write_png", "read_json",
            "check_manifest", "cache_dir", "safe_name"]
 
 
@@ -54,12 +54,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def write_png(path: str | os.PathLike, image) -> None:
-    """An image, uint8 numpy array [h, w, 3], as a PNG file at ``path``, atomically."""
+def write_image(path: str | os.PathLike, image, format: str = "PNG", **options) -> None:
+    """An image, uint8 numpy array [h, w, 3], written by Pillow at ``path`` in ``format`` (with Pillow's
+    save ``options``, e.g. ``quality``), atomically."""
     from PIL import Image
 
     with atomic_open(path, "wb") as f:
-        Image.fromarray(image).save(f, format="PNG")
+        Image.fromarray(image).save(f, format=format, **options)
+
+
+def write_png(path: str | os.PathLike, image) -> None:
+    """An image, uint8 numpy array [h, w, 3], as a PNG file at ``path``, atomically."""
+    write_image(path, image, "PNG")
 
 
 def read_json(path: str | os.PathLike) -> Any | None:

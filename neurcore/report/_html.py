@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from .._io import atomic_path
+from .._io import write_image as _write_image
 
 __all__ = ["CSS", "SORT_CSS", "SORT_SCRIPT", "THUMB", "image_format", "image_strip", "img_tag", "page",
            "page_name", "pager", "resize", "sortable_header", "thumbnail", "write_image"]
@@ -99,13 +99,9 @@ def image_format() -> tuple[str, str]:
 def write_image(stem: str, image: np.ndarray, quality: int = IMAGE_QUALITY) -> str:
     """Write an image uint8 [h, w, 3] to ``stem`` + ``.webp`` (``.jpg`` without WebP), atomically, at
     ``quality`` (0-100); returns the file's path."""
-    from PIL import Image
-
     fmt, suffix = image_format()
-    path = stem + suffix
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format=fmt, quality=quality)
-    return path
+    _write_image(stem + suffix, image, fmt, quality=quality)
+    return stem + suffix
 
 
 def img_tag(src: str, shape: tuple[int, ...], alt: str, lazy: bool = True) -> str:
