@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from .errors import InputError
 
-__all__ = ["atomic_path", "atomic_open", "write_json", "write_text", "write_image", "write_png", "read_json",
+__all__ = ["atomic_path", "atomic_open", "write_json", "write_text", "write_image", "write_png", "create_npy", "read_json",
            "check_manifest", "cache_dir", "safe_name"]
 
 
@@ -66,6 +66,20 @@ def write_image(path: str | os.PathLike, image, format: str = "PNG", **options) 
 def write_png(path: str | os.PathLike, image) -> None:
     """An image, uint8 numpy array [h, w, 3], as a PNG file at ``path``, atomically."""
     write_image(path, image, "PNG")
+
+
+def create_npy(path: str | os.PathLike, shape: tuple, dtype) -> int:
+    """Create ``path`` as a .npy file of ``shape`` and ``dtype`` (contents zero) to be filled by
+    positioned writes rather than a memory map; returns the byte offset of its data."""
+    import numpy as np
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((0,) + tuple(shape)[1:], dtype))
+    header["shape"] = tuple(int(d) for d in shape)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        offset = f.tell()
+        f.truncate(offset + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return offset
 
 
 def read_json(path: str | os.PathLike) -> Any | None:

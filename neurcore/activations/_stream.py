@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._io import atomic_path, read_json, safe_name, write_json
+from .._io import atomic_path, create_npy, read_json, safe_name, write_json
 from ..engine import BitMasks, BitMasksBuilder
 from ..errors import InputError
 from ._binarize import binarize
@@ -320,11 +320,7 @@ def _clear_checkpoints(root: str, prefix: str, keep: str | None = None) -> None:
 def _write_rows(path: str, maps: np.ndarray, start: int, n: int) -> None:
     """Write images ``start..`` of a layer's cache [n, units, h, w], creating the file on first use."""
     if not os.path.exists(path) or start == 0:
-        header = np.lib.format.header_data_from_array_1_0(np.zeros((0, *maps.shape[1:]), np.float32))
-        header["shape"] = (n, *maps.shape[1:])
-        with open(path, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, header)
-            f.truncate(f.tell() + n * maps[0].nbytes)
+        create_npy(path, (n, *maps.shape[1:]), np.float32)
     with open(path, "r+b") as f:
         offset = _header_size(f) + start * maps[0].nbytes
         os.pwrite(f.fileno(), np.ascontiguousarray(maps, np.float32).tobytes(), offset)

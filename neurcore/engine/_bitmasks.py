@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from .._io import create_npy
 from ..errors import BackendUnavailable, InputError
 from . import _dispatch, backends
 from ._device import device_of, is_torch, to_host
@@ -882,14 +883,10 @@ def _scatter_words(src: str, dst: str, order: np.ndarray, wpi: int, chunk_bytes:
     reading ``src`` in order, a chunk at a time, and writing each record at its place with positioned
     writes: neither file is mapped, so memory stays at one chunk whatever the size."""
     nnz, rec = len(order), 8 * wpi
-    header = np.lib.format.header_data_from_array_1_0(np.zeros((0, wpi), np.uint64))
-    header["shape"] = (nnz, wpi)
     where = np.empty(nnz, np.int64)
     where[order] = np.arange(nnz, dtype=np.int64)  # record i of src goes to slot where[i]
-    with open(dst, "wb") as out:
-        np.lib.format.write_array_header_1_0(out, header)
-        base = out.tell()
-        out.truncate(base + nnz * rec)
+    base = create_npy(dst, (nnz, wpi), np.uint64)
+    with open(dst, "r+b") as out:
         step = max(1, chunk_bytes // rec)
         with open(src, "rb") as f:
             for s in range(0, nnz, step):
