@@ -77,3 +77,21 @@ def test_resnet50_four_stages_memory_is_flat(benchmark, tmp_path, images):
     info = _once(benchmark, _dissect, str(tmp_path / f"r50-{images}"), "--model", "resnet50", *layers,
                  "--probe-images", str(images), "--method", "beam")
     benchmark.extra_info.update(info, role="neurcore", images=images, per="unit", work=3840)
+
+
+@pytest.mark.benchmark(group="scale: Broden-scale probe generation")
+def test_synthetic_broden_images_and_concept_masks(benchmark):
+    """All images (224 px) and concept masks (112 px) of the Broden-scale probe, as a run draws them."""
+    from neurcore.probe import open_probe
+
+    probe = open_probe("synthetic-broden", n_images=BRODEN_IMAGES)
+    probe.images(0, 1)  # compile the numba kernels outside the timing
+
+    def generate():
+        for s in range(0, probe.n_images, 256):
+            probe.images(s, min(probe.n_images, s + 256))
+        return probe.concept_masks()
+
+    masks = benchmark.pedantic(generate, rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update(role="neurcore", images=BRODEN_IMAGES, per="image", work=BRODEN_IMAGES,
+                                concepts=masks.n, mask_bytes_per_image=round(masks.nbytes / BRODEN_IMAGES))
