@@ -149,16 +149,26 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
                         help="where to count (default cpu)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="optimal: per-unit time budget; when it runs out the result reports its gap")
+    _add_engine_options(parser)
 
 
 def _run_search(args: argparse.Namespace) -> int:
     from .rules import search_npz
 
     t0 = time.perf_counter()
-    results = search_npz(args.concepts, args.units, args.out, method=args.method, length=args.length,
-                         beam=args.beam, quantile=args.quantile, threshold=args.threshold,
-                         category=args.category, layer=args.layer, device=args.device,
-                         time_budget=args.time_budget)
+    engine = None
+    if args.engine != "local" or args.ray_address or args.workers:
+        from .distributed import open_engine  # only here: the search path imports no more than it needs
+
+        engine = open_engine(args.engine, args.ray_address, args.workers)
+    try:
+        results = search_npz(args.concepts, args.units, args.out, method=args.method, length=args.length,
+                             beam=args.beam, quantile=args.quantile, threshold=args.threshold,
+                             category=args.category, layer=args.layer, device=args.device,
+                             time_budget=args.time_budget, engine=engine)
+    finally:
+        if engine is not None:
+            engine.shutdown()
     print(f"neurcore search: {len(results)} units, method {args.method}, {time.perf_counter() - t0:.2f} s "
           f"-> {args.out}", file=sys.stderr)
     return 0
@@ -191,9 +201,27 @@ def _dissect_options(parser: argparse.ArgumentParser) -> None:
                              "available memory), on, off "
                              "(always kept for --methods beyond rules and for clustered)")
     parser.add_argument("--checkpoint-images", type=_positive_int, default=1024, metavar="N",
-                        help="save the activation passes' state every N probe images (default 1024)")
+                        help="save the activation passes' state every N probe images (default 1024); "
+                             "with --engine ray, the images of a shard (fewer on a probe too small for "
+                             "four shards a worker)")
+    _add_engine_options(parser)
     _add_output_options(parser, out_help="output directory (results, cache, report)")
     _add_vision_language_options(parser)
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("distributed execution (pip install 'neurcore[distributed]')")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local (this process, the default) or ray: shards over a Ray cluster, same results")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="ray: join the cluster at HOST:PORT (or ray://HOST:PORT, auto); default: start a "
+                            "local one")
+    group.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                       help="ray: workers (model actors and concurrent tasks); default: the cluster's CPUs")
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict:
+    return {"engine": args.engine, "ray_address": args.ray_address, "workers": args.workers}
 
 
 def _run_dissect(args: argparse.Namespace) -> int:
@@ -206,7 +234,7 @@ def _run_dissect(args: argparse.Namespace) -> int:
                       cache={"auto": None, "on": True, "off": False}[args.activation_cache],
                       checkpoint_images=args.checkpoint_images,
                       methods=_comma_list(args.methods),
-                      label_options=_vision_language_kwargs(args))
+                      label_options=_vision_language_kwargs(args), **_engine_kwargs(args))
     planted = [r for r in results if r.planted]
     results = [r for r in results if r.method == args.method]
     n_layers = len({r.layer for r in results})
@@ -236,6 +264,7 @@ def _label_options(parser: argparse.ArgumentParser) -> None:
                         help="rule explanations to score beside the labels, when the probe has masks "
                              "(default dissect)")
     _add_batch_size_option(parser)
+    _add_engine_options(parser)
     _add_output_options(parser)
     _add_vision_language_options(parser)
 
@@ -247,7 +276,7 @@ def _run_label(args: argparse.Namespace) -> int:
     rows = label(args.model, args.layer, args.probe, methods=_comma_list(args.method), out_dir=args.out,
                  weights=args.weights, rules=None if args.rules == "none" else args.rules,
                  batch_size=args.batch_size, probe_images=args.probe_images, progress=not args.quiet,
-                 **_vision_language_kwargs(args))
+                 **_vision_language_kwargs(args), **_engine_kwargs(args))
     with open(os.path.join(args.out, "labels_summary.json")) as f:
         summary = json.load(f)
     seconds = time.perf_counter() - t0

@@ -263,3 +263,25 @@ def test_dissect_runs_labelling_methods_beside_the_rules(tmp_path, vlms):
     assert set(summary["layers"]["4"]["methods"]) == {"dissect", "clip-dissect"}  # the rules verified too
     with pytest.raises(InputError, match="--methods"):
         dissect(small_spec(), ["4"], world, out_dir=str(tmp_path / "x"), methods=["sieve"], progress=False)
+
+
+@pytest.mark.parametrize("engine", ["in-process", "ray"])
+def test_verification_on_an_engine_gives_the_same_labels(tmp_path, labelled, vlms, engine):
+    """Every label's verification images generated and scored as one task per prompt (shards in reverse
+    order, or on a local Ray cluster of two workers): labels.jsonl is byte-identical."""
+    from neurcore.distributed import InProcessEngine
+
+    out, world, gen, _rows = labelled
+    if engine == "ray":
+        pytest.importorskip("ray")
+        run_engine, options = "ray", {"workers": 2}
+    else:
+        run_engine, options = InProcessEngine(reverse=True), {}
+    label(small_spec(), ["4"], world, out_dir=str(tmp_path), vlm=vlms[0], sim_vlm=vlms[1],
+          generator=SyntheticGenerator(world), n_generated=8, tau=2.0, top_n=10, progress=False,
+          engine=run_engine, **options)
+    with open(os.path.join(out, "labels.jsonl"), "rb") as a, open(tmp_path / "labels.jsonl", "rb") as b:
+        assert a.read() == b.read()
+    if engine != "ray":
+        generated = [c for c in run_engine.log if c["kind"] == "generate"]
+        assert len(generated) == len(set(gen.prompts))  # one task per distinct prompt

@@ -30,7 +30,8 @@ PUBLIC = ["neurcore", "neurcore.engine", "neurcore.engine.backends", "neurcore.e
           "neurcore.rules", "neurcore.rules.formula", "neurcore.rules.npz", "neurcore.rules.reference",
           "neurcore.probe", "neurcore.models", "neurcore.activations", "neurcore.attribution",
           "neurcore.attribution.reference", "neurcore.circuits", "neurcore.labels", "neurcore.pipelines",
-          "neurcore.report", "neurcore.results", "neurcore.errors", "neurcore.clustering", "neurcore.testing"]
+          "neurcore.report", "neurcore.results", "neurcore.errors", "neurcore.clustering", "neurcore.testing",
+          "neurcore.distributed"]
 
 
 def _module_name(path: Path) -> str:

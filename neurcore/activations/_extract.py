@@ -65,26 +65,31 @@ def extract(spec: ModelSpec, layers: list[str], probe: Probe, out_dir: str, *, b
 
 
 def layer_batches(spec: ModelSpec, layers: list[str], probe: Probe, start: int = 0,
-                  batch_size: int = 64) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+                  batch_size: int = 64, stop: int | None = None,
+                  device: str | None = None) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """The probe through the model from image ``start`` (a multiple of ``batch_size``, so batches are
-    the same in every run) -> (first, stop, {layer: maps float32 [stop - first, units, h, w]}), with the
-    planted units of ``spec`` appended after each layer's own units where the probe has exact concept
-    maps."""
+    the same in every run) up to ``stop`` (the probe's end by default) -> (first, stop, {layer: maps
+    float32 [stop - first, units, h, w]}), with the planted units of ``spec`` appended after each
+    layer's own units where the probe has exact concept maps. ``device``: where the module runs (it
+    is moved there; the maps come back to the CPU)."""
     import torch
 
-    n = probe.n_images
+    n = probe.n_images if stop is None else min(probe.n_images, stop)
     planted = {name: [u for u in spec.planted if u.layer == name] for name in layers}
     if any(planted.values()) and not hasattr(probe, "concept_maps"):
         planted = {name: [] for name in layers}  # planted units need exact concept maps
     spec.module.eval()
+    if device is not None:
+        spec.module.to(device)
     with torch.no_grad(), hooked(spec.module, layers) as outputs:
         for s in range(start, n, batch_size):
             e = min(n, s + batch_size)
-            spec.module(spec.preprocess(probe.images(s, e)))
+            x = spec.preprocess(probe.images(s, e))
+            spec.module(x if device is None else x.to(device))
             cmaps = probe.concept_maps(s, e) if any(planted.values()) else None
             out = {}
             for name in layers:
-                maps = as_maps(outputs[name]).float().numpy()
+                maps = as_maps(outputs[name]).float().cpu().numpy()
                 if planted[name]:
                     extra = planted_maps(planted[name], cmaps, probe.concept_names, maps.shape[2:], s)
                     maps = np.concatenate([maps, extra], axis=1)

@@ -8,34 +8,30 @@ costs far less than storing the activations (about 200 GB for ResNet-50's ``laye
 with ``cache=True`` pass 1 also writes them (``layers/<layer>/acts.npy``, the cache :func:`extract`
 writes) and pass 2 reads them back instead.
 
-Thresholds equal :func:`thresholds` on the whole cache (numpy's linear quantile, bit for bit) and the
+These are the passes as one process runs them, batch after batch; ``_shards`` runs them by image
+shards on an engine, and :func:`stream_unit_masks` (``_unit_masks``) picks. Thresholds equal
+:func:`thresholds` on the whole cache (numpy's linear quantile, bit for bit) and the
 masks equal :func:`unit_masks`. Both passes checkpoint every ``checkpoint_images`` images (state
 files replaced atomically), so a killed run resumes where it stopped with byte-identical results.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._io import atomic_path, create_npy, read_json, safe_name, write_json
+from .._io import atomic_path, create_npy, read_json, write_json
 from ..engine import BitMasks, BitMasksBuilder
 from ..errors import InputError
 from ._binarize import binarize
-from ._extract import extract, layer_batches
+from ._extract import layer_batches
 from ._top import TopImages
 
-if TYPE_CHECKING:
-    from ..models import ModelSpec
-    from ..probe import Probe
-
-__all__ = ["StreamedLayer", "TopValues", "linear_quantile", "stream_unit_masks", "unit_mask_blocks"]
+__all__ = ["StreamedLayer", "TopValues", "linear_quantile", "unit_mask_blocks"]
 
 
 def _kept(n_values: int, quantile: float) -> tuple[float, int, int]:
@@ -89,6 +85,14 @@ class TopValues:
             merged = np.concatenate([self.values[u], maps[:, u][above[:, u]]])
             self.values[u] = np.partition(merged, len(merged) - self.k)[-self.k:]
 
+    def merge(self, values: np.ndarray) -> None:
+        """Take in another ``values`` array of the same units (the top values of another shard of the
+        probe, float32 [units, <=k]): the multiset kept is what one pass over both would keep."""
+        merged = np.concatenate([self.values, np.asarray(values, np.float32)], axis=1)
+        if merged.shape[1] >= self.k:
+            merged = np.partition(merged, merged.shape[1] - self.k, axis=1)[:, -self.k:]
+        self.values = np.ascontiguousarray(merged)
+
     def descending(self) -> np.ndarray:
         """The values kept, largest first: float32 [units, <=k]."""
         return -np.sort(-self.values, axis=1)
@@ -106,46 +110,11 @@ class StreamedLayer:
     acts: np.ndarray | None = None
 
 
-def stream_unit_masks(spec: ModelSpec, layers: list[str], probe: Probe, root: str, *, quantile: float,
-                      mask_shape: tuple[int, int], block_units: int = 64, top_images: int = 5,
-                      batch_size: int = 64, cache: bool = False, checkpoint_images: int = 1024,
-                      progress: bool = True,
-                      stage: Callable[[str], contextlib.AbstractContextManager] | None = None,
-                      ) -> dict[str, StreamedLayer]:
-    """Thresholds, top images and unit masks of ``layers`` over ``probe``, under ``root/<layer>/``.
-
-    quantile: each unit's top quantile (NetDissect's 0.005); mask_shape: the concept masks' (h, w);
-    block_units: units per saved mask block. Memory: the per-unit top values
-    (``quantile x n_images x h x w`` floats a unit), a batch of maps, and ``top_images`` maps a unit.
-    Resumes from the last checkpoint of either pass. ``stage(name)``, when given, is a context manager
-    around each pass (a :class:`~neurcore.pipelines.Stages`-like timer).
-    """
-    if not 0 < quantile < 1:
-        raise InputError(f"quantile must lie in (0, 1), got {quantile}")
-    if probe.n_images == 0:
-        raise InputError(f"{probe.name}: the probe has no images")
-    dirs = {name: os.path.join(root, safe_name(name)) for name in layers}
-    for d in dirs.values():
-        os.makedirs(d, exist_ok=True)
-    # a resumed run keeps the cache choice its pass 1 started with (its cache file is half written)
-    started = (read_json(os.path.join(root, "pass1.json")) or {}).get("cache")
-    run = _Pass(spec, layers, probe, root, dirs, batch_size, cache if started is None else started,
-                checkpoint_images, progress)
-    stage = stage or (lambda _name: contextlib.nullcontext())
-    with stage("pass 1: activations, thresholds, top images"):
-        thr, tops = _pass1(run, quantile, top_images)
-    with stage("pass 2: activations, unit masks"):
-        blocks = _pass2(run, thr, mask_shape, block_units)
-    acts = {n: np.load(_cache_file(d), mmap_mode="r") for n, d in dirs.items()} if run.cache else {}
-    if cache and not run.cache:  # asked for now, not kept by the run that did the passes
-        acts = extract(spec, layers, probe, root, batch_size=batch_size, progress=progress)
-    return {name: StreamedLayer(thr[name], tops[name], blocks[name], acts.get(name)) for name in layers}
-
-
-def unit_mask_blocks(layer: StreamedLayer, units: range) -> BitMasks:
-    """The unit masks of ``units`` (a range of the layer's units), read from its blocks on disk."""
+def unit_mask_blocks(layer: StreamedLayer | list[str], units: range) -> BitMasks:
+    """The unit masks of ``units`` (a range of the layer's units), read from its blocks on disk (the
+    layer's, or a list of block directories)."""
     picked, first = [], 0
-    for d in layer.blocks:
+    for d in (layer if isinstance(layer, list) else layer.blocks):
         if first >= units.stop:
             break
         m = BitMasks.load(d)
@@ -197,8 +166,7 @@ def _pass1(run: _Pass, quantile: float, top_images: int) -> tuple[dict, dict]:
     state_file = os.path.join(run.root, "pass1.json")
     state = read_json(state_file) or {}
     if state.get("finished"):
-        return ({n: np.load(os.path.join(d, "thresholds.npy")) for n, d in run.dirs.items()},
-                {n: TopImages.load(os.path.join(d, "top.npz")) for n, d in run.dirs.items()})
+        return _load_finished_pass1(run)
     start = int(state.get("done", 0))
     values, tops = _load_pass1(run, state) if start else ({}, {})
     n, last = run.probe.n_images, start
@@ -208,10 +176,15 @@ def _pass1(run: _Pass, quantile: float, top_images: int) -> tuple[dict, dict]:
             _take_in(run, name, maps, s, values, tops, quantile, top_images)
         bar.update(e - s)
         if e - last >= run.checkpoint_images and e < n:
-            _save_pass1(run, state_file, e, values, tops)
+            _save_pass1(run, state_file, f"pass1-{e:010d}.npz", values, tops, done=e)
             last = e
     bar.close()
-    thr = {}
+    return _finish_pass1(run, values, tops, quantile)
+
+
+def _finish_pass1(run: _Pass, values: dict, tops: dict, quantile: float) -> tuple[dict, dict]:
+    """Every layer's thresholds from its top values, saved with its top images; pass 1 marked finished."""
+    n, thr = run.probe.n_images, {}
     for name, d in run.dirs.items():
         hw = int(np.prod(tops[name].maps.shape[2:]))
         thr[name] = linear_quantile(values[name].descending(), n * hw, quantile)
@@ -220,9 +193,14 @@ def _pass1(run: _Pass, quantile: float, top_images: int) -> tuple[dict, dict]:
         tops[name].save(os.path.join(d, "top.npz"))
         if run.cache:
             write_json(os.path.join(d, "progress.json"), {"done": n, "shape": [n, *_cache_shape(d)]})
-    write_json(state_file, {"finished": True, "cache": run.cache})
+    write_json(os.path.join(run.root, "pass1.json"), {"finished": True, "cache": run.cache})
     _clear_checkpoints(run.root, "pass1-")
     return thr, tops
+
+
+def _load_finished_pass1(run: _Pass) -> tuple[dict, dict]:
+    return ({n: np.load(os.path.join(d, "thresholds.npy")) for n, d in run.dirs.items()},
+            {n: TopImages.load(os.path.join(d, "top.npz")) for n, d in run.dirs.items()})
 
 
 def _take_in(run: _Pass, name: str, maps: np.ndarray, s: int, values: dict, tops: dict, quantile: float,
@@ -230,8 +208,7 @@ def _take_in(run: _Pass, name: str, maps: np.ndarray, s: int, values: dict, tops
     """One batch of one layer into its top values, top images and (with a cache) the cache file."""
     c = maps.shape[1]
     if name not in values:
-        _, _, kept = _kept(run.probe.n_images * int(np.prod(maps.shape[2:])), quantile)
-        values[name] = TopValues(c, kept)
+        values[name] = new_top_values(run.probe.n_images, maps, quantile)
         tops[name] = TopImages.empty(c, top_images, maps.shape[2:])
     values[name].update(maps)
     tops[name].update(maps, s)
@@ -239,9 +216,9 @@ def _take_in(run: _Pass, name: str, maps: np.ndarray, s: int, values: dict, tops
         _write_rows(_cache_file(run.dirs[name]), maps, s, run.probe.n_images)
 
 
-def _save_pass1(run: _Pass, state_file: str, done: int, values: dict, tops: dict) -> None:
-    """Checkpoint pass 1 after ``done`` images: every layer's state in one file, then the pointer to it."""
-    path = os.path.join(run.root, f"pass1-{done:010d}.npz")
+def _save_pass1(run: _Pass, state_file: str, file_name: str, values: dict, tops: dict, **pointer) -> None:
+    """Pass 1's state (every layer's top values and top images) in one file, ``file_name``, then
+    ``state_file`` pointing at it with ``pointer``; older state files of the same prefix removed."""
     arrays = {}
     for name in run.layers:
         t = tops[name]
@@ -250,11 +227,11 @@ def _save_pass1(run: _Pass, state_file: str, done: int, values: dict, tops: dict
     if run.cache:
         for name in run.layers:
             _sync(_cache_file(run.dirs[name]))
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(os.path.join(run.root, file_name)) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    write_json(state_file, {"done": done, "file": os.path.basename(path), "cache": run.cache,
+    write_json(state_file, {**pointer, "file": file_name, "cache": run.cache,
                             "kept": {name: values[name].k for name in run.layers}})
-    _clear_checkpoints(run.root, "pass1-", keep=os.path.basename(path))
+    _clear_checkpoints(run.root, file_name.rsplit("-", 1)[0] + "-", keep=file_name)
 
 
 def _load_pass1(run: _Pass, state: dict) -> tuple[dict, dict]:
@@ -267,12 +244,36 @@ def _load_pass1(run: _Pass, state: dict) -> tuple[dict, dict]:
 
 def _pass2(run: _Pass, thr: dict, mask_shape: tuple[int, int], block_units: int) -> dict[str, list[str]]:
     """Pass 2: every layer's maps binarized into unit-mask blocks spilled to disk."""
-    state_file = os.path.join(run.root, "pass2.json")
-    state = read_json(state_file) or {}
-    blocks = {name: [os.path.join(run.dirs[name], "unit_masks", f"units-{u:06d}")
-                     for u in range(0, len(thr[name]), block_units)] for name in run.layers}
+    blocks, state = _pass2_blocks(run, thr, block_units)
     if state.get("finished"):
         return blocks
+    n, start = run.probe.n_images, int(state.get("done", 0))
+    builders = _pass2_builders(run, blocks, state, thr, mask_shape, block_units)
+    last = start
+    bar = run.bar("pass 2: unit masks", start)
+    for s, e, maps_by_layer in run.batches(start, from_cache=run.cache):
+        for name, maps in maps_by_layer.items():
+            binarize_into([builders[p] for p in blocks[name]], maps, thr[name], mask_shape, block_units)
+        bar.update(e - s)
+        if (e - last >= run.checkpoint_images or e == n) and e > last:
+            # the last checkpoint (e == n) lets a run killed while the blocks are finished redo only the rest
+            _save_pass2(run, e, builders)
+            last = e
+    bar.close()
+    _finish_pass2(run, builders)
+    return blocks
+
+
+def _pass2_blocks(run: _Pass, thr: dict, block_units: int) -> tuple[dict[str, list[str]], dict]:
+    """Every layer's unit-mask block directories and pass 2's state (``pass2.json``)."""
+    blocks = {name: [os.path.join(run.dirs[name], "unit_masks", f"units-{u:06d}")
+                     for u in range(0, len(thr[name]), block_units)] for name in run.layers}
+    return blocks, read_json(os.path.join(run.root, "pass2.json")) or {}
+
+
+def _pass2_builders(run: _Pass, blocks: dict, state: dict, thr: dict, mask_shape: tuple[int, int],
+                    block_units: int) -> dict[str, BitMasksBuilder]:
+    """The spilling builder of every block not yet finished, resumed at pass 2's last checkpoint."""
     n, start = run.probe.n_images, int(state.get("done", 0))
     saved = state.get("builders", {})
     builders = {}
@@ -283,26 +284,36 @@ def _pass2(run: _Pass, thr: dict, mask_shape: tuple[int, int], block_units: int)
             builders[path] = BitMasksBuilder(min(block_units, len(thr[name]) - k * block_units), mask_shape,
                                              layout="sparse", path=path,
                                              resume=saved[_key(run, path)] if start else None)
-    last = start
-    bar = run.bar("pass 2: unit masks", start)
-    for s, e, maps_by_layer in run.batches(start, from_cache=run.cache):
-        for name, maps in maps_by_layer.items():
-            for b, units, images, masks in binarize(maps, thr[name], mask_shape):
-                which = units // block_units
-                for k, path in enumerate(blocks[name]):
-                    sel = which == k
-                    builders[path].append_sparse(b, units[sel] - k * block_units, images[sel], masks[sel])
-        bar.update(e - s)
-        if (e - last >= run.checkpoint_images or e == n) and e > last:
-            # the last checkpoint (e == n) lets a run killed while the blocks are finished redo only the rest
-            write_json(state_file, {"done": e, "builders": {_key(run, p): bld.checkpoint()
-                                                            for p, bld in builders.items()}})
-            last = e
-    bar.close()
+    return builders
+
+
+def _save_pass2(run: _Pass, done: int, builders: dict[str, BitMasksBuilder]) -> None:
+    write_json(os.path.join(run.root, "pass2.json"),
+               {"done": done, "builders": {_key(run, p): bld.checkpoint() for p, bld in builders.items()}})
+
+
+def _finish_pass2(run: _Pass, builders: dict[str, BitMasksBuilder]) -> None:
     for bld in builders.values():
         bld.finish()
-    write_json(state_file, {"finished": True})
-    return blocks
+    write_json(os.path.join(run.root, "pass2.json"), {"finished": True})
+
+
+def binarize_into(builders: list[BitMasksBuilder], maps: np.ndarray, thresholds_: np.ndarray,
+                  mask_shape: tuple[int, int], block_units: int) -> None:
+    """A batch of a layer's maps float32 [b, units, h, w] binarized (:func:`binarize`) and appended to
+    the builders of its unit blocks (``block_units`` units each, in unit order)."""
+    for b, units, images, masks in binarize(maps, thresholds_, mask_shape):
+        which = units // block_units
+        for k, builder in enumerate(builders):
+            sel = which == k
+            builder.append_sparse(b, units[sel] - k * block_units, images[sel], masks[sel])
+
+
+def new_top_values(n_images: int, maps: np.ndarray, quantile: float) -> TopValues:
+    """An empty :class:`TopValues` for a layer whose batches look like ``maps`` [b, units, h, w], keeping
+    the values its top-``quantile`` threshold over ``n_images`` images needs."""
+    _, _, kept = _kept(n_images * int(np.prod(maps.shape[2:])), quantile)
+    return TopValues(maps.shape[1], kept)
 
 
 def _key(run: _Pass, path: str) -> str:
@@ -317,9 +328,10 @@ def _clear_checkpoints(root: str, prefix: str, keep: str | None = None) -> None:
 
 # The activation cache is a plain .npy file written with positioned writes and read with positioned
 # reads, never memory-mapped by the streaming passes, so it adds nothing to the process's memory.
-def _write_rows(path: str, maps: np.ndarray, start: int, n: int) -> None:
-    """Write images ``start..`` of a layer's cache [n, units, h, w], creating the file on first use."""
-    if not os.path.exists(path) or start == 0:
+def _write_rows(path: str, maps: np.ndarray, start: int, n: int, create: bool | None = None) -> None:
+    """Write images ``start..`` of a layer's cache [n, units, h, w], creating the file when ``create``
+    (by default, on first use or with the first images)."""
+    if create or (create is None and (not os.path.exists(path) or start == 0)):
         create_npy(path, (n, *maps.shape[1:]), np.float32)
     with open(path, "r+b") as f:
         offset = _header_size(f) + start * maps[0].nbytes

@@ -63,6 +63,19 @@ class TopImages:
         self.index, self.peak = new_idx, np.take_along_axis(all_peak, order, axis=1)
         self.maps = new_maps
 
+    def merge(self, other: TopImages) -> None:
+        """Take in ``other``, the top images of the same units over other images (another shard of the
+        probe): the result is what one pass over both would keep, whatever the order of merging."""
+        self.unit_max = np.maximum(self.unit_max, other.unit_max)
+        all_peak = np.concatenate([self.peak, other.peak], axis=1)
+        all_idx = np.concatenate([self.index, other.index], axis=1)
+        key_idx = np.where(all_idx < 0, np.iinfo(np.int64).max, all_idx)
+        order = np.lexsort((key_idx, -all_peak), axis=1)[:, : self.k]
+        all_maps = np.concatenate([self.maps, other.maps], axis=1)
+        self.index = np.take_along_axis(all_idx, order, axis=1)
+        self.peak = np.take_along_axis(all_peak, order, axis=1)
+        self.maps = np.take_along_axis(all_maps, order[:, :, None, None], axis=1)
+
     @classmethod
     def from_acts(cls, acts: np.ndarray, k: int, block: int = 256) -> TopImages:
         """From a whole activation cache [n_images, units, h, w] (read ``block`` images at a time)."""

@@ -834,6 +834,39 @@ class BitMasksBuilder:
         self._add(rows, self.n_images + images, words)
         self.n_images += int(n_new_images)
 
+    def records(self) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """What an in-memory builder holds, for another builder's :meth:`extend` (a shard of images built
+        on one machine, merged into the whole on another): (n_images, rows int64 [m], images int64 [m],
+        words uint64 [m, words per image]), one record per non-empty (row, image), sorted by row, then
+        image."""
+        if self._spill is not None:
+            raise InputError("BitMasksBuilder.records: only an in-memory builder (no path) gives its records")
+        rows = np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64)
+        images = np.concatenate(self._images) if self._images else np.zeros(0, np.int64)
+        words = np.concatenate(self._words) if self._words else np.zeros((0, self.wpi), np.uint64)
+        order = np.lexsort((images, rows))
+        return self.n_images, rows[order], images[order], np.ascontiguousarray(words[order])
+
+    def extend(self, n_new_images: int, rows: np.ndarray, images: np.ndarray, words: np.ndarray) -> None:
+        """The next ``n_new_images`` images as another builder's :meth:`records`: rows, images (within
+        those images) and packed words, sorted by row, then image. The result is what appending the
+        same masks here would give."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        images = np.asarray(images, np.int64).reshape(-1)
+        words = np.asarray(words)
+        m = len(rows)
+        if images.shape != (m,) or words.dtype != np.uint64 or words.shape != (m, self.wpi):
+            raise InputError(f"BitMasksBuilder.extend: rows {rows.shape}, images {images.shape} and words "
+                             f"{words.shape} ({words.dtype}) must be [m], [m] and uint64 [m, {self.wpi}]")
+        if m and (rows.min() < 0 or rows.max() >= self.n or images.min() < 0 or
+                  images.max() >= n_new_images):
+            raise InputError(f"BitMasksBuilder.extend: rows must lie in [0, {self.n}) and images in "
+                             f"[0, {n_new_images})")
+        if m > 1 and np.any((np.diff(rows) < 0) | ((np.diff(rows) == 0) & (np.diff(images) <= 0))):
+            raise InputError("BitMasksBuilder.extend: records must be sorted by row, then image, once each")
+        self._add(rows, self.n_images + images, words)
+        self.n_images += int(n_new_images)
+
     def finish(self) -> BitMasks:
         """The masks built so far, in the builder's layout (memory-mapped under ``path`` if given)."""
         if self._spill is not None:

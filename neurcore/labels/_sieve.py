@@ -156,31 +156,44 @@ class Sieve:
         tops = top_samples(scores, top_n)
         if parts_dir:
             os.makedirs(parts_dir, exist_ok=True)
+
+        def part_file(u):
+            return os.path.join(parts_dir, f"unit-{u:06d}.jsonl") if parts_dir else None
+
+        done = {u: read_jsonl(part_file(u)) for u in units if part_file(u) and os.path.isfile(part_file(u))}
+        # hypotheses of every selected unit first, so that the verifier can generate all their images at
+        # once (on a cluster, with an engine), then each unit verified and written
+        hyps = {u: self._hypotheses(u, acts, probe, tops[u], crop, max_k, top_k)
+                for u in tqdm(units, desc=f"sieve {layer or ''}".strip(), disable=not progress, leave=False)
+                if u not in done and ratio[u] > tau}
+        if hasattr(self.verifier, "prefetch"):  # a Verifier; a stand-in may only score
+            self.verifier.prefetch(h["concept"] for unit_hyps in hyps.values() for h in unit_hyps)
         out = []
-        for u in tqdm(units, desc=f"sieve {layer or ''}".strip(), disable=not progress, leave=False):
-            part = os.path.join(parts_dir, f"unit-{u:06d}.jsonl") if parts_dir else None
-            if part and os.path.isfile(part):
-                out.extend(read_jsonl(part))
+        for u in units:
+            if u in done:
+                out.extend(done[u])
                 continue
-            r = self._explain_unit(u, acts, probe, scores, ratio[u], tops[u], tau, crop, max_k, top_k, layer)
-            if part:
-                write_jsonl(part, [r])
+            r = self._explain_unit(u, ratio[u], tops[u], tau, hyps.get(u), layer)
+            if part_file(u):
+                write_jsonl(part_file(u), [r])
             out.append(r)
         _filter_by_mean(out)
         return out
 
-    def _explain_unit(self, u, acts, probe, scores, ratio, top, tau, crop, max_k, top_k,
-                      layer) -> Explanation:
+    def _hypotheses(self, u, acts, probe, top, crop, max_k, top_k) -> list[dict]:
+        """Unit ``u``'s hypotheses from crops of its ``top`` images around its peak activations."""
+        images = np.stack([probe.images(int(i), int(i) + 1)[0] for i in top])
+        maps = np.stack([np.asarray(acts[int(i), u], dtype=np.float32) for i in top])
+        boxes = peak_crop_boxes(maps, images.shape[1:3], crop)
+        crops = np.stack([im[y0:y1, x0:x1] for im, (y0, x0, y1, x1) in zip(images, boxes)])
+        return self.hypothesize(crops, max_k=max_k, top_k=top_k)
+
+    def _explain_unit(self, u, ratio, top, tau, hyps, layer) -> Explanation:
         selected = bool(ratio > tau)
         extra = {"ratio": float(ratio) if np.isfinite(ratio) else "inf", "selected": selected,
                  "top_samples": [int(i) for i in top]}
         if not selected:
             return Explanation(unit=u, method="sieve", formula=None, iou=0.0, layer=layer, extra=extra)
-        images = np.stack([probe.images(int(i), int(i) + 1)[0] for i in top])
-        maps = np.stack([np.asarray(acts[int(i), u], dtype=np.float32) for i in top])
-        boxes = peak_crop_boxes(maps, images.shape[1:3], crop)
-        crops = np.stack([im[y0:y1, x0:x1] for im, (y0, x0, y1, x1) in zip(images, boxes)])
-        hyps = self.hypothesize(crops, max_k=max_k, top_k=top_k)
         extra["clusters"] = len({h["cluster"] for h in hyps})
         if self.verifier is not None:
             for h in hyps:

@@ -23,6 +23,7 @@ of a conv channel), and scores come back as float64 [U].
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ from ._generate import Generator
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
+    from ..distributed import ShardEngine
     from ..models import ModelSpec
 
 __all__ = ["Verifier", "activation_rate", "cosy_scores", "mean_activation_rate_filtered", "probe_thresholds"]
@@ -184,13 +186,15 @@ class Verifier:
     ``cache_dir`` (one ``.npz`` per prompt, written atomically, with the first ``keep_images``
     images), so every method naming the same concept shares them and a rerun regenerates nothing.
     Planted units of ``spec`` are computed from the generated images' exact concept maps when the
-    generator gives them (the synthetic world), and are NaN (not scored) otherwise.
+    generator gives them (the synthetic world), and are NaN (not scored) otherwise. engine: where
+    :meth:`prefetch` generates (a Ray cluster, one task per prompt); None: here, as prompts are scored.
     """
 
     def __init__(self, spec: ModelSpec, layer: str, probe_scores: np.ndarray, generator: Generator, *,
                  n_images: int = 50, seed: int = 0, top: float = 0.01, cache_dir: str | None = None,
-                 batch_size: int = 64, keep_images: int = 6):
+                 batch_size: int = 64, keep_images: int = 6, engine: ShardEngine | None = None):
         self.spec, self.layer, self.generator = spec, layer, generator
+        self.engine = engine
         self.probe_scores = np.asarray(probe_scores, dtype=np.float32)
         self.thresholds = probe_thresholds(self.probe_scores, top)
         self.n_images, self.seed = int(n_images), int(seed)
@@ -210,6 +214,22 @@ class Verifier:
         key = hashlib.sha1(ident.encode()).hexdigest()[:16]
         return os.path.join(self.cache_dir, f"{key}.npz")
 
+    def prefetch(self, prompts: Iterable[str | None]) -> None:
+        """Generate and score, on :attr:`engine` (a :class:`~neurcore.distributed.ShardEngine`: a task per
+        prompt, on a GPU where the cluster has them), the ``prompts`` not yet cached, and cache them as
+        :meth:`generated` would; without an engine, nothing (they are generated when first scored)."""
+        if self.engine is None:
+            return
+        todo = [p for p in dict.fromkeys(prompts) if p is not None and p not in self._memo and
+                not (self.cache_path(p) and os.path.isfile(self.cache_path(p)))]
+        if not todo:
+            return
+        alone = copy.copy(self)  # what a worker needs: no engine, no memo
+        alone.engine, alone._memo = None, {}
+        for call, got in self.engine.map_tasks(_generate_task, [{"prompt": p} for p in todo],
+                                               {"verifier": alone}, "generate", gpu=True):
+            self._store(call["prompt"], got)
+
     def generated(self, prompt: str) -> dict:
         """The generated images of ``prompt`` and the layer's scores on them, from the cache when there:
         {"scores": float32 [n_images, U] or None, "images": uint8 [k, H, W, 3] (the first
@@ -223,13 +243,19 @@ class Verifier:
                        "error": str(z["error"]) or None}
         else:
             got = self._generate(prompt)
-            if path:
-                with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                    scores = np.zeros(0, np.float32) if got["scores"] is None else got["scores"]
-                    np.savez(f, scores=scores, images=got["images"], error=np.array(got["error"] or ""),
-                             prompt=np.array(prompt))
+            self._store(prompt, got)
         self._memo[prompt] = got
         return got
+
+    def _store(self, prompt: str, got: dict) -> None:
+        """Keep ``got`` (what :meth:`_generate` made of ``prompt``) in memory and in the cache file."""
+        path = self.cache_path(prompt)
+        if path:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                scores = np.zeros(0, np.float32) if got["scores"] is None else got["scores"]
+                np.savez(f, scores=scores, images=got["images"], error=np.array(got["error"] or ""),
+                         prompt=np.array(prompt))
+        self._memo[prompt] = got
 
     def _generate(self, prompt: str) -> dict:
         import torch
@@ -242,13 +268,14 @@ class Verifier:
         except InputError as exc:  # a prompt the generator cannot draw: recorded, not fatal
             return {"scores": None, "images": np.zeros((0, 1, 1, 3), np.uint8), "error": str(exc)}
         module = self.spec.module
+        device = next(module.parameters(), torch.zeros(0)).device
         chunks = []
         with torch.no_grad(), hooked(module, [self.layer]) as outputs:
             for s in range(0, len(images), self.batch_size):
                 batch = images[s : s + self.batch_size]
-                module(self.spec.preprocess(batch))
+                module(self.spec.preprocess(batch).to(device))
                 maps = as_maps(outputs[self.layer]).float()
-                scores = maps.mean(dim=(2, 3)).numpy()
+                scores = maps.mean(dim=(2, 3)).cpu().numpy()
                 if self.planted:
                     if cmaps is not None:
                         extra = planted_maps(self.planted, cmaps[s : s + len(batch)],
@@ -290,3 +317,13 @@ class Verifier:
                 out.append({"activation_rate": float(ar[k]), "cosy_auc": float(auc[k]),
                             "cosy_mad": float(mad[k]) if np.isfinite(mad[k]) else None})
         return out
+
+
+def _generate_task(verifier: Verifier, *, prompt: str) -> dict:
+    """One prompt's generated images and the layer's scores on them, on a worker (the model on its GPU
+    when it has one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        verifier.spec.module.to("cuda")
+    return verifier._generate(prompt)

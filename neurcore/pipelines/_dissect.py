@@ -6,9 +6,12 @@ set-up -> rules (concepts, activations, unit masks, rule search; see ``_rules``)
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
+from .._io import write_json
+from ..distributed import ShardEngine, open_engine
 from ..errors import InputError
 from ..labels import METHODS as LABEL_METHODS
 from ..models import ModelSpec
@@ -29,7 +32,9 @@ def dissect(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4"
             batch_size: int = 64, units_per_part: int = 64, probe_images: int | None = None,
             top_images: int = 5, report: bool = True, progress: bool = True, cache: bool | None = None,
             checkpoint_images: int = 1024,
-            methods: Sequence[str] = ("rules",), label_options: dict | None = None) -> list[Explanation]:
+            methods: Sequence[str] = ("rules",), label_options: dict | None = None,
+            engine: str | ShardEngine = "local", ray_address: str | None = None,
+            workers: int | None = None) -> list[Explanation]:
     """Dissect ``layers`` of ``model`` on ``probe`` and write results and a report to ``out_dir``.
 
     model: "default", a torchvision name, or a :class:`~neurcore.models.ModelSpec`.
@@ -50,19 +55,37 @@ def dissect(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4"
     :data:`neurcore.labels.METHODS` (clip-dissect, linex, sieve), which run on the same activation
     cache, are verified beside the rules and added to the report (``label_options``: keyword
     arguments of :func:`neurcore.label`).
+    engine: where the rule stage runs: "local" (this process), "ray" (image shards of
+    ``checkpoint_images`` images and searches of ``units_per_part`` units on a Ray cluster: the one
+    at ``ray_address``, or a local one of ``workers`` CPUs; :mod:`neurcore.distributed`; the
+    labelling methods' verification images are generated there too), or a
+    :class:`~neurcore.distributed.ShardEngine`. Results are byte-identical whatever the engine; with
+    one, each call's time and bytes are listed in ``engine.json``.
     Returns the explanations of every unit of every layer (rules first, then the labels).
     """
     t0 = time.perf_counter()
     layers = unique_names(layers, "dissect: give at least one --layer")
     label_methods = _label_methods(method, methods)
     stage = Stages(out_dir)
-    with stage("set-up: model, probe"):
-        setup = set_up(model, layers, probe, weights=weights, probe_images=probe_images, progress=progress)
-    run = explain_rules(setup, out_dir, method=method, length=length, beam=beam, weights=weights,
-                        quantile=quantile, batch_size=batch_size, units_per_part=units_per_part,
-                        top_images=top_images, cache=True if label_methods else cache,
-                        checkpoint_images=checkpoint_images, progress=progress, stage=stage)
-    labels = _labels(setup, run, out_dir, label_methods, batch_size, progress, label_options)
+    shard_engine = open_engine(engine, ray_address, workers) if isinstance(engine, str) else engine
+    try:
+        with stage("set-up: model, probe"):
+            setup = set_up(model, layers, probe, weights=weights, probe_images=probe_images,
+                           progress=progress)
+        run = explain_rules(setup, out_dir, method=method, length=length, beam=beam, weights=weights,
+                            quantile=quantile, batch_size=batch_size, units_per_part=units_per_part,
+                            top_images=top_images, cache=True if label_methods else cache,
+                            checkpoint_images=checkpoint_images, progress=progress, stage=stage,
+                            engine=shard_engine)
+        labels = _labels(setup, run, out_dir, label_methods, batch_size, progress, label_options,
+                         shard_engine)
+        if shard_engine is not None:
+            write_json(os.path.join(out_dir, "engine.json"),
+                       {"engine": type(shard_engine).__name__, "workers": getattr(shard_engine, "workers", 1),
+                        "calls": shard_engine.log}, indent=0)
+    finally:
+        if shard_engine is not None and isinstance(engine, str):
+            shard_engine.shutdown()
     write_results(out_dir, run.results, labels)
     if report:
         with stage("report"):
@@ -85,10 +108,11 @@ def _label_methods(method: str, methods: Sequence[str]) -> list[str]:
 
 
 def _labels(setup: Setup, run: RuleRun, out_dir: str, methods: list[str], batch_size: int, progress: bool,
-            options: dict | None) -> list[Explanation]:
+            options: dict | None, engine: ShardEngine | None) -> list[Explanation]:
     """The vision-language labels of the same layers, verified beside the rules (none without methods)."""
     if not methods:
         return []
     by_layer = {name: [r for r in run.results if r.layer == name] for name in setup.layers}
     return label(setup.spec, setup.layers, setup.probe, methods=methods, out_dir=out_dir, rules=by_layer,
-                 batch_size=batch_size, report=False, progress=progress, **(options or {}))
+                 batch_size=batch_size, report=False, progress=progress, engine=engine or "local",
+                 **(options or {}))

@@ -26,6 +26,7 @@ import numpy as np
 
 from .._io import atomic_open, check_manifest, safe_name, write_json
 from ..activations import extract, unit_scores
+from ..distributed import ShardEngine, open_engine
 from ..errors import InputError
 from ..labels import (
     METHODS,
@@ -96,6 +97,7 @@ class _Labelling:
     seed: int
     batch_size: int
     progress: bool
+    engine: ShardEngine | None = None  # where verification images are generated (None: here)
 
 
 def label(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4",),
@@ -108,7 +110,8 @@ def label(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4",)
           crop: float = 0.5, top_k: int = 3, max_k: int = 5,
           rules: str | dict[str, list[Explanation]] | None = None, probe_images: int | None = None,
           batch_size: int = 64, seed: int = 0, report: bool = True,
-          progress: bool = True) -> list[Explanation]:
+          progress: bool = True, engine: str | ShardEngine = "local", ray_address: str | None = None,
+          workers: int | None = None) -> list[Explanation]:
     """Label ``layers`` of ``model`` with ``methods`` (clip-dissect, linex, sieve) and verify every label.
 
     CLIP-Dissect: Oikarinen & Weng, "CLIP-Dissect: Automatic Description of Neuron Representations in
@@ -122,10 +125,26 @@ def label(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4",)
     (``generator_options``: keyword arguments of its backend, e.g. ``num_inference_steps``).
     rules: rule explanations to verify beside the labels: {layer: [Explanation]} (as
     :func:`neurcore.dissect` passes), or a rule method (``dissect``, ``beam``) to run first into the
-    same ``out_dir``, or None. Returns every row written to ``labels.jsonl``.
+    same ``out_dir``, or None. engine: where the verification images are generated and scored:
+    "local" (here), "ray" (a task per label on the Ray cluster at ``ray_address`` or a local one of
+    ``workers`` CPUs, on a GPU each where the cluster has them; same results) or a
+    :class:`~neurcore.distributed.ShardEngine`. Returns every row written to ``labels.jsonl``.
     """
     methods = _check_methods(methods)
     layers = unique_names(layers, "label: give at least one layer")
+    if isinstance(engine, str):
+        shard_engine = open_engine(engine, ray_address, workers)
+        try:
+            return label(model, layers, probe, methods=methods, out_dir=out_dir, weights=weights, vlm=vlm,
+                         vlm_weights=vlm_weights, sim_vlm=sim_vlm, sim_vlm_weights=sim_vlm_weights,
+                         vocabulary=vocabulary, generator=generator, generator_options=generator_options,
+                         n_generated=n_generated, similarity=similarity, tau=tau, top_n=top_n, crop=crop,
+                         top_k=top_k, max_k=max_k, rules=rules, probe_images=probe_images,
+                         batch_size=batch_size, seed=seed, report=report, progress=progress,
+                         engine=shard_engine)
+        finally:
+            if shard_engine is not None:
+                shard_engine.shutdown()
     setup = set_up(model, layers, probe, weights=weights, probe_images=probe_images, progress=progress)
     layers = setup.layers  # "all" and globs expanded
     vocab = _vocabulary(vocabulary, setup.probe)
@@ -149,7 +168,7 @@ def label(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4",)
     image_emb, text_emb, sim_p = _embeddings(explainer, simulator, setup.probe, vocab, out_dir, batch_size,
                                              progress)
     run = _Labelling(setup, out_dir, methods, vocab, gen, explainer, image_emb, text_emb, sim_p, similarity,
-                     tau, top_n, crop, top_k, max_k, n_generated, seed, batch_size, progress)
+                     tau, top_n, crop, top_k, max_k, n_generated, seed, batch_size, progress, engine)
     rows, summary = [], {}
     for name in layers:
         layer_rows, summary[name] = _label_layer(run, name, acts[name], (rules or {}).get(name, []), world)
@@ -222,7 +241,7 @@ def _label_layer(run: _Labelling, name: str, acts: np.ndarray, rule_rows: list[E
     os.makedirs(d, exist_ok=True)
     scores = unit_scores(acts, os.path.join(run.out_dir, "layers", safe_name(name), "scores.npy"))
     verifier = Verifier(run.setup.spec, name, scores, run.generator, n_images=run.n_generated, seed=run.seed,
-                        cache_dir=os.path.join(d, "verify"), batch_size=run.batch_size)
+                        cache_dir=os.path.join(d, "verify"), batch_size=run.batch_size, engine=run.engine)
     layer_rows = _run_methods(run, name, d, acts, scores, verifier)
     rows = layer_rows + list(rule_rows)
     _verify(rows, verifier, d)
@@ -291,9 +310,9 @@ def _run_methods(run: _Labelling, name: str, d: str, acts: np.ndarray, scores: n
 def _verify(rows: list[Explanation], verifier, d: str) -> None:
     """Activation Rate and CoSy for every row with a single label or formula (LinEx's mixtures are
     scored by simulation instead); SIEVE rows already carry their verified hypothesis."""
+    rows = [r for r in rows if r.method not in ("linex", "sieve") and r.formula]
+    verifier.prefetch(r.formula for r in rows)
     for r in rows:
-        if r.method in ("linex", "sieve") or not r.formula:
-            continue
         got = verifier.score(r.formula, [r.unit])[0]
         for key in ("activation_rate", "cosy_auc", "cosy_mad"):
             if got.get(key) is not None:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,7 +31,10 @@ from ..rules import METHODS, ClusteredSearch, ConceptSet, activation_ranges, ran
 from ._setup import Setup
 from ._stages import Stages
 
-__all__ = ["RuleRun", "check_disk", "check_rule_method", "explain_rules", "write_results"]
+if TYPE_CHECKING:
+    from ..distributed import ShardEngine
+
+__all__ = ["RuleRun", "check_disk", "check_rule_method", "explain_rules", "search_part", "write_results"]
 
 
 @dataclass
@@ -56,7 +60,7 @@ def explain_rules(setup: Setup, out_dir: str, *, method: str, length: int = 3, b
                   weights: str | None = None, quantile: float = 0.005, batch_size: int = 64,
                   units_per_part: int = 64, top_images: int = 5, cache: bool | None = None,
                   checkpoint_images: int = 1024, progress: bool = True,
-                  stage: Stages | None = None) -> RuleRun:
+                  stage: Stages | None = None, engine: ShardEngine | None = None) -> RuleRun:
     """Explain every unit of ``setup.layers`` by rules over the probe's concepts, resuming from ``out_dir``.
 
     method: a rule-search method (``dissect``, ``beam``, ``optimal``, ``clustered``) with its
@@ -68,21 +72,32 @@ def explain_rules(setup: Setup, out_dir: str, *, method: str, length: int = 3, b
     most half the free disk and half the available memory (``clustered``, which reads them, always
     keeps them).
     ``weights`` is only recorded in the manifest; ``stage`` times the stages (``stages.json``).
+    ``engine``: a :class:`~neurcore.distributed.ShardEngine` (a Ray cluster) that runs the passes by
+    image shards of ``checkpoint_images`` images and the searches by ``units_per_part`` units, with
+    the same results; there ``cache`` None means no cache (the activations would cross the network).
     """
     check_rule_method(method)
     stage = stage or Stages(out_dir)
     settings = _settings(setup, method, length, beam, weights, quantile)
     check_manifest(out_dir, settings)
-    cache = check_disk(setup, out_dir, quantile, True if method == "clustered" else cache)
+    if method == "clustered":
+        cache = True
+    elif engine is not None and cache is None:
+        cache = False
+    cache = check_disk(setup, out_dir, quantile, cache)
     with stage("concept masks"):
         concepts = _concepts(setup.probe, out_dir, progress)
     layer_root = os.path.join(out_dir, "layers")
     streamed = stream_unit_masks(setup.spec, setup.layers, setup.probe, layer_root, quantile=quantile,
                                  mask_shape=concepts.masks.image_shape, block_units=units_per_part,
                                  top_images=top_images, batch_size=batch_size, cache=cache,
-                                 checkpoint_images=checkpoint_images, progress=progress, stage=stage)
+                                 checkpoint_images=checkpoint_images, progress=progress, stage=stage,
+                                 engine=engine)
     results = []
     with stage("search"):
+        if engine is not None:
+            _search_parts(engine, setup.layers, layer_root, streamed, concepts, method, length, beam,
+                          units_per_part, progress)
         for name in setup.layers:
             d = os.path.join(layer_root, safe_name(name))
             planted = [u for u in setup.spec.planted if u.layer == name] \
@@ -182,7 +197,7 @@ def _search_layer(name: str, d: str, layer: StreamedLayer, concepts: ConceptSet,
     out: list[Explanation] = []
     n_units = len(layer.thresholds)
     for start in range(0, n_units, units_per_part):
-        part = os.path.join(parts, f"units-{start:06d}.jsonl")
+        part = _part_file(d, start)
         if os.path.isfile(part):
             out.extend(read_jsonl(part))
             continue
@@ -198,13 +213,80 @@ def _search_layer(name: str, d: str, layer: StreamedLayer, concepts: ConceptSet,
 def _search_units(name: str, layer: StreamedLayer, concepts: ConceptSet, method: str, length: int,
                   beam: int, units: range) -> list[Explanation]:
     if method == "clustered":
-        return ClusteredSearch(concepts).explain(layer.acts, length=length, beam=beam, layer=name,
-                                                 units=units)
-    chunk = search(unit_mask_blocks(layer, units), concepts, method=method, length=length, beam=beam,
-                   layer=name)
+        return search_part(concepts, layer=name, start=units.start, masks=None,
+                           acts=layer.acts[:, units.start : units.stop], method=method, length=length,
+                           beam=beam)  # a memmap's slice: read unit by unit
+    return search_part(concepts, layer=name, start=units.start, masks=unit_mask_blocks(layer, units), acts=None,
+                       method=method, length=length, beam=beam)
+
+
+def search_part(concepts: ConceptSet, *, layer: str, start: int, masks: BitMasks | None,
+                acts: np.ndarray | None, method: str, length: int, beam: int) -> list[Explanation]:
+    """Explanations of a part of a layer's units, numbered from unit ``start``: ``masks`` (their unit
+    masks) or, for ``clustered``, ``acts`` float32 [n_images, units, h, w] (their raw maps)."""
+    if method == "clustered":
+        chunk = ClusteredSearch(concepts).explain(acts, length=length, beam=beam, layer=layer)
+    else:
+        chunk = search(masks, concepts, method=method, length=length, beam=beam, layer=layer)
     for r in chunk:
-        r.unit += units.start
+        r.unit += start
     return chunk
+
+
+def _search_parts(engine: ShardEngine, layers: list[str], layer_root: str, streamed: dict[str, StreamedLayer],
+                  concepts: ConceptSet, method: str, length: int, beam: int, units_per_part: int,
+                  progress: bool) -> None:
+    """Every part of every layer not yet searched, as tasks on ``engine`` (the concept masks sent once),
+    each written to its part file as it finishes: what :func:`_search_layer` then reads back."""
+    from tqdm import tqdm
+
+    calls = []
+    for name in layers:
+        d = os.path.join(layer_root, safe_name(name))
+        if os.path.isfile(os.path.join(d, "results.jsonl")):
+            continue
+        os.makedirs(os.path.join(d, "parts"), exist_ok=True)
+        n_units = len(streamed[name].thresholds)
+        for start in range(0, n_units, units_per_part):
+            if not os.path.isfile(_part_file(d, start)):
+                calls.append((name, d, range(start, min(n_units, start + units_per_part))))
+
+    def arguments(name, units):
+        layer = streamed[name]
+        if getattr(engine, "shares_disk", False):  # the task reads the masks or the cache itself
+            return {"masks": None, "acts": None, "n_units": len(units), "on_disk":
+                    [os.path.abspath(b) for b in layer.blocks] if method != "clustered" else
+                    os.path.abspath(layer.acts.filename)}
+        if method != "clustered":
+            return {"masks": unit_mask_blocks(layer, units), "acts": None}
+        return {"masks": None, "acts": np.ascontiguousarray(layer.acts[:, units.start : units.stop])}
+
+    # the tasks' inputs are read as they are submitted (a few at a time), not all at once
+    todo = ({"layer": name, "start": units.start, "directory": d, **arguments(name, units)}
+            for name, d, units in calls)
+    shared = {"concepts": concepts, "method": method, "length": length, "beam": beam}
+    with tqdm(total=len(calls), desc="search", unit="part", leave=False, disable=not progress) as bar:
+        for call, chunk in engine.map_tasks(_search_part_task, todo, shared, "search"):
+            write_jsonl(_part_file(call["directory"], call["start"]), chunk)
+            bar.update(1)
+
+
+def _search_part_task(concepts: ConceptSet, *, layer: str, start: int, directory: str, masks, acts,
+                      method: str, length: int, beam: int, on_disk: str | list[str] | None = None,
+                      n_units: int = 0) -> list[Explanation]:
+    """A part's search on a worker: its unit masks or raw maps given, or read from ``on_disk`` (the
+    layer's mask blocks, or its activation cache for ``clustered``) where the worker sees the driver's
+    files."""
+    if isinstance(on_disk, list):
+        masks = unit_mask_blocks(on_disk, range(start, start + n_units))
+    elif on_disk is not None:
+        acts = np.load(on_disk, mmap_mode="r")[:, start : start + n_units]
+    return search_part(concepts, layer=layer, start=start, masks=masks, acts=acts, method=method,
+                       length=length, beam=beam)
+
+
+def _part_file(layer_dir: str, start: int) -> str:
+    return os.path.join(layer_dir, "parts", f"units-{start:06d}.jsonl")
 
 
 def _judge_planted(results: list[Explanation], planted: list[PlantedUnit], layer: StreamedLayer,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from ..errors import InputError
 from ..results import Explanation, write_jsonl
 from ._concepts import ConceptSet
 from ._search import search
+
+if TYPE_CHECKING:
+    from ..distributed import ShardEngine
 
 __all__ = ["load_concepts", "load_units", "load_activations", "binarize_top_quantile", "search_npz"]
 
@@ -182,9 +186,12 @@ def search_npz(concepts_path: str | os.PathLike, units_path: str | os.PathLike,
                out: str | os.PathLike | None = None, *, method: str = "beam", length: int = 3, beam: int = 5,
                quantile: float = 0.005, threshold: float = 0.04, category: str | None = None,
                layer: str | None = None, device: str = "cpu",
-               time_budget: float | None = None) -> list[Explanation]:
+               time_budget: float | None = None, engine: ShardEngine | None = None,
+               units_per_task: int = 64) -> list[Explanation]:
     """``neurcore search`` as a function: load, explain every unit, write ``out`` (JSON lines,
-    atomically) when given, and return the list of Explanation."""
+    atomically) when given, and return the list of Explanation. ``engine``: None (here), or a
+    :class:`~neurcore.distributed.ShardEngine` such as a ``neurcore.distributed.RayEngine`` that
+    searches ``units_per_task`` units a task, the concept masks sent once (same results)."""
     if length < 1:
         raise InputError(f"length must be >= 1, got {length}")
     if beam < 1:
@@ -196,10 +203,16 @@ def search_npz(concepts_path: str | os.PathLike, units_path: str | os.PathLike,
         units = BitMasks.zeros(activations.shape[1], concepts.masks.sample_shape)
     else:
         units = load_units(units_path, concepts.masks.sample_shape, quantile)
-    if device != "cpu":
-        concepts, units = concepts.to(device), units.to(device)
-    results = search(units, concepts, method=method, length=length, beam=beam, threshold=threshold,
-                     category=category, layer=layer, activations=activations, time_budget=time_budget)
+    options = {"method": method, "length": length, "beam": beam, "threshold": threshold,
+               "category": category, "layer": layer, "time_budget": time_budget}
+    if engine is None:
+        if device != "cpu":
+            concepts, units = concepts.to(device), units.to(device)
+        results = search(units, concepts, activations=activations, **options)
+    else:
+        if device != "cpu":
+            raise InputError(f"an engine searches on its workers' CPUs: leave out --device {device}")
+        results = _search_on_engine(engine, units, concepts, activations, options, units_per_task)
     if out is not None:
         write_jsonl(out, results)
     return results
@@ -218,3 +231,22 @@ def load_activations(path: str | os.PathLike, sample_shape: tuple) -> np.ndarray
     if acts.dtype.kind == "f" and not np.isfinite(acts).all():
         raise InputError(f"{path}: 'activations' has NaN or infinite values")
     return np.moveaxis(acts.astype(np.float32, copy=False), 0, 1)
+
+
+def _search_on_engine(engine: ShardEngine, units: BitMasks, concepts: ConceptSet, activations: np.ndarray | None,
+                      options: dict, units_per_task: int) -> list[Explanation]:
+    """The search as tasks of ``units_per_task`` units on a shard engine, in unit order."""
+    calls = ({"start": s, "masks": units[s : s + units_per_task],
+              "acts": None if activations is None else np.ascontiguousarray(activations[:, s : s + units_per_task])}
+             for s in range(0, units.n, units_per_task))
+    parts = {call["start"]: chunk for call, chunk in
+             engine.map_tasks(_search_task, calls, {"concepts": concepts, **options}, "search")}
+    return [r for start in sorted(parts) for r in parts[start]]
+
+
+def _search_task(concepts: ConceptSet, *, start: int, masks: BitMasks, acts: np.ndarray | None,
+                 **options) -> list[Explanation]:
+    out = search(masks, concepts, activations=acts, **options)
+    for r in out:
+        r.unit += start
+    return out
