@@ -24,7 +24,8 @@ class Explanation:
     """The explanation of one unit.
 
     unit: index of the unit in its layer. method: "dissect", "beam", ...
-    formula: canonical formula string, or None. iou: its IoU with the unit mask.
+    formula: canonical formula string, or None. iou: its IoU with the unit mask; None where no IoU is
+    computed (vision-language labels, scored by Activation Rate and CoSy instead; circuit rows).
     length: concepts in the formula. layer: layer name, when known.
     categories: category of each concept in the formula, when the probe has them.
     detector: Network Dissection's verdict, iou > threshold.
@@ -44,7 +45,7 @@ class Explanation:
     unit: int
     method: str
     formula: str | None
-    iou: float
+    iou: float | None
     length: int = 0
     layer: str | None = None
     categories: list[str] | None = None
@@ -103,7 +104,7 @@ def write_csv(path: str | os.PathLike, results: Iterable[Explanation]) -> None:
         w.writerow(CSV_COLUMNS)
         for r in results:
             c, m, p = r.counts, r.metrics, r.planted or {}
-            w.writerow([r.layer or "", r.unit, r.method, r.formula or "", r.iou, r.length,
+            w.writerow([r.layer or "", r.unit, r.method, r.formula or "", "" if r.iou is None else r.iou, r.length,
                         ";".join(r.categories or []), "" if r.detector is None else int(r.detector),
                         c.get("unit", ""), c.get("formula", ""), c.get("intersection", ""),
                         c.get("union", ""), m.get("activation_coverage", ""), m.get("detection_accuracy", ""),

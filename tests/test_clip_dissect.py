@@ -191,7 +191,7 @@ def test_planted_detectors_get_their_concept():
     res = ClipDissect(sim, names).explain(acts, layer="layer4")
     assert [r.formula for r in res] == [names[c] for c in planted]
     r = res[0]
-    assert r.method == "clip-dissect" and r.layer == "layer4" and r.length == 1 and r.iou == 0.0
+    assert r.method == "clip-dissect" and r.layer == "layer4" and r.length == 1 and r.iou is None
     assert r.extra["top"][0] == [r.formula, r.metrics["similarity"]]
     assert len(r.extra["top"]) == 5
     assert all(a[1] >= b[1] for a, b in zip(r.extra["top"], r.extra["top"][1:]))

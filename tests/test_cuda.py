@@ -90,3 +90,42 @@ def test_cuda_rule_search_equals_cpu(layout):
         cpu = [r.to_dict() for r in explainer(concepts).explain(units)]
         gpu = [r.to_dict() for r in explainer(gpu_concepts).explain(gpu_units)]
         assert gpu == cpu
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_no_images_gives_zero_counts(layout):
+    """A sample space of zero images (BitMasks allows it): zeros, as on the CPU, not a crash."""
+    a = BitMasks.zeros(3, (0, 8, 8), layout).to("cuda")
+    b = BitMasks.zeros(5, (0, 8, 8), layout).to("cuda")
+    for lb in LAYOUTS:
+        got = intersect_counts(a, b.as_layout(lb))
+        assert got.is_cuda and host(got).shape == (3, 5) and not host(got).any()
+    assert not host(a.count()).any()
+
+
+@pytest.mark.parametrize("image_shape", [(40, 40), (63, 64)])  # 25 and 63 words per image
+def test_cuda_sparse_sparse_wide_images(image_shape):
+    """Images of 25 and 63 words: the warp-cooperative sparse x sparse branch (16 words or more)."""
+    rng = np.random.default_rng(image_shape[0])
+    sample = (9, *image_shape)
+    a, b = random_masks(rng, 11, sample), random_masks(rng, 7, sample)
+    A, B = BitMasks.from_dense(a, "sparse").to("cuda"), BitMasks.from_dense(b, "sparse").to("cuda")
+    assert A.words_per_image in (25, 63)
+    got = intersect_counts(A, B)
+    assert np.array_equal(host(got), flat(a) @ flat(b).T)
+    assert np.array_equal((A & B).to_dense(), a & b)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second CUDA device")
+def test_cuda_second_device_while_the_first_is_current():
+    """Masks on cuda:1 while cuda:0 is current: the kernels run on cuda:1 (the dispatcher's device guard)."""
+    rng = np.random.default_rng(1)
+    a, b = random_masks(rng, 6, (5, 9, 9)), random_masks(rng, 4, (5, 9, 9))
+    with torch.cuda.device(0):
+        for layout in LAYOUTS:
+            A = BitMasks.from_dense(a, layout).to("cuda:1")
+            B = BitMasks.from_dense(b, layout).to("cuda:1")
+            got = intersect_counts(A, B)
+            assert got.device == torch.device("cuda:1")
+            assert np.array_equal(host(got), flat(a) @ flat(b).T)
+            assert np.array_equal((A | B[:1]).to_dense(), a | b[:1])

@@ -151,3 +151,25 @@ def test_cpu_levels_are_reported_and_settable():
     assert levels["generic"]["compiled"] and levels["generic"]["cpu_supports"]
     with pytest.raises(ValueError, match="cpu level 'sse9'"):
         _C.set_cpu_level("sse9")
+
+
+def test_combine_blocks_is_checked_once_before_any_backend():
+    """The dispatcher checks combine_blocks' arguments itself (the CUDA binding takes plain pointers), with
+    the CPU binding's messages, so every backend refuses the same input the same way."""
+    from neurcore.engine import _dispatch
+    from neurcore.errors import InputError
+
+    w = np.zeros((2, 1), np.uint64)
+    with pytest.raises(InputError, match=r"ia: block index 7 outside \[-1, 2\)"):
+        _dispatch.combine_blocks("and", w, np.array([7]), w, np.array([0]))
+    with pytest.raises(InputError, match=r"ib: block index -2 outside \[-1, 2\)"):
+        _dispatch.combine_blocks("or", w, np.array([0]), w, np.array([-2]))
+    with pytest.raises(InputError, match=r"codes must be 0 \(and\), 1 \(or\) or 2 \(and_not\)"):
+        _dispatch.combine_blocks(np.full(1, 3, np.uint8), w, np.array([0]), w, np.array([0]))
+    with pytest.raises(InputError, match=r"ops, ia and ib must be \[m\]"):
+        _dispatch.combine_blocks("and", w, np.array([0, 1]), w, np.array([0]))
+    with pytest.raises(InputError, match=r"of one width"):
+        _dispatch.combine_blocks("and", w, np.array([0]), np.zeros((2, 3), np.uint64), np.array([0]))
+    got = _dispatch.combine_blocks("and_not", w + np.uint64(5), np.array([1, -1]), w + np.uint64(4),
+                                   np.array([0, 1]))
+    assert got.tolist() == [[1], [0]]

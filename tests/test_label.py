@@ -285,3 +285,13 @@ def test_verification_on_an_engine_gives_the_same_labels(tmp_path, labelled, vlm
     if engine != "ray":
         generated = [c for c in run_engine.log if c["kind"] == "generate"]
         assert len(generated) == len(set(gen.prompts))  # one task per distinct prompt
+
+
+def test_rows_without_an_iou_write_null(labelled):
+    """Vision-language labels are scored by Activation Rate and CoSy, not IoU: their rows say "iou": null
+    (not 0.0); the rule rows verified beside them keep their IoU."""
+    out, _world, _gen, _rows = labelled
+    with open(os.path.join(out, "labels.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert {r["method"] for r in rows if r["iou"] is None} == {"clip-dissect", "linex", "sieve"}
+    assert all(isinstance(r["iou"], float) for r in rows if r["method"] == "dissect")

@@ -168,7 +168,7 @@ def test_planted_linear_units_are_recovered_with_their_signs():
             assert np.sign(got[c]) == np.sign(w) and got[c] == pytest.approx(w, abs=0.05)
         assert e.extra["bias"] == pytest.approx(0.3, abs=0.05)
         assert e.metrics["val_r"] > 0.98
-        assert e.method == "linex" and e.layer == "fc" and e.length == 3 and e.iou == 0.0
+        assert e.method == "linex" and e.layer == "fc" and e.length == 3 and e.iou is None
         assert e.extra["weights"] == sorted(e.extra["weights"], reverse=True)
         assert e.formula == format_linear(e.extra["concepts"], e.extra["weights"])
         assert " - " in e.formula                                   # the negative concept is there

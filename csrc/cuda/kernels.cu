@@ -188,6 +188,12 @@ void popcount_rows(const uint64_t* words, int64_t m, int64_t k, int64_t* out, cu
 void intersect_dense_dense(const uint64_t* a, int64_t na, const uint64_t* b, int64_t nb, int64_t k,
                            int64_t* out, cudaStream_t stream) {
   if (na == 0 || nb == 0) return;
+  if (k == 0) {  // no images, no words: every count is zero (and the split below would divide by zero)
+    const cudaError_t err = cudaMemsetAsync(out, 0, sizeof(int64_t) * na * nb, stream);
+    if (err != cudaSuccess)
+      throw std::runtime_error(std::string("intersect_dense_dense: cudaMemsetAsync failed: ") + cudaGetErrorString(err));
+    return;
+  }
   const int64_t gy = (na + kTile - 1) / kTile, gx = (nb + kTile - 1) / kTile;
   if (gy > 65535) throw std::runtime_error("intersect_dense_dense: A has more than 4,194,240 rows; split it");
   // Split the words when the output has fewer tiles than ~4 blocks per multiprocessor, keeping at

@@ -21,7 +21,8 @@ OP_CODES = {"and": 0, "or": 1, "and_not": 2}
 
 # ---------------------------------------------------------------- CUDA helpers
 def cuda_call(name: str, *tensors):
-    """The CUDA module's function and the current stream for these tensors."""
+    """The CUDA module's function, run with the tensors' device current (a kernel launched while another
+    device is current would run there), and that device's current stream."""
     import torch
 
     mod = backends.cuda_module()
@@ -33,7 +34,13 @@ def cuda_call(name: str, *tensors):
             raise InputError(f"{name}: CUDA inputs must be contiguous")
         if t.dtype not in (torch.int64, torch.bool):
             raise TypeError(f"{name}: CUDA words and indices must be torch.int64, got {t.dtype}")
-    return getattr(mod, name), torch.cuda.current_stream(dev).cuda_stream
+    fn = getattr(mod, name)
+
+    def on_device(*args):
+        with torch.cuda.device(dev):
+            return fn(*args)
+
+    return on_device, torch.cuda.current_stream(dev).cuda_stream
 
 
 def ptr(t) -> int:
@@ -100,19 +107,35 @@ def combine_blocks(ops, a, ia, b, ib):
         codes = np.full(m, OP_CODES[ops], dtype=np.uint8)
     else:
         codes = np.ascontiguousarray(ops, np.uint8)
+    ia, ib = np.ascontiguousarray(ia, np.int64), np.ascontiguousarray(ib, np.int64)
+    _check_combine(codes, a, ia, b, ib)
     if not is_torch(a):
-        ia_h, ib_h = np.ascontiguousarray(ia, np.int64), np.ascontiguousarray(ib, np.int64)
-        return _C.combine_blocks(codes, a, ia_h, b, ib_h)
+        return _C.combine_blocks(codes, a, ia, b, ib)
     import torch
 
-    if codes.size and codes.max() > 2:
-        raise InputError("ops: codes must be 0 (and), 1 (or) or 2 (and_not)")
-    ia_d, ib_d = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(a.device) for x in (ia, ib))
+    ia_d, ib_d = (torch.from_numpy(x).to(a.device) for x in (ia, ib))
     ops_d = torch.from_numpy(codes).to(a.device)
     fn, stream = cuda_call("combine_blocks", a, b, ia_d, ib_d)
     out = torch.empty((m, a.shape[1]), dtype=torch.int64, device=a.device)
     fn(ptr(ops_d), ptr(a), ptr(ia_d), ptr(b), ptr(ib_d), m, a.shape[1], ptr(out), stream)
     return out
+
+
+def _check_combine(codes: np.ndarray, a, ia: np.ndarray, b, ib: np.ndarray) -> None:
+    """The arguments of :func:`combine_blocks`, checked once before any backend: one op, ia and ib entry
+    per block, op codes 0-2, block indices in [-1, rows), A and B blocks of the same width."""
+    if ia.ndim != 1 or ib.shape != ia.shape or codes.shape != ia.shape:
+        raise InputError(f"combine_blocks: ops, ia and ib must be [m], got {codes.shape}, {ia.shape} and "
+                         f"{ib.shape}")
+    if len(a.shape) != 2 or len(b.shape) != 2 or b.shape[1] != a.shape[1]:
+        raise InputError(f"combine_blocks: A and B words must be [rows, words per block] of one width, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if codes.size and codes.max() > 2:
+        raise InputError("ops: codes must be 0 (and), 1 (or) or 2 (and_not)")
+    for name, index, rows in (("ia", ia, a.shape[0]), ("ib", ib, b.shape[0])):
+        bad = (index < -1) | (index >= rows)
+        if bad.any():
+            raise InputError(f"{name}: block index {int(index[bad][0])} outside [-1, {rows})")
 
 
 # ------------------------------------------------------------ sparse helpers

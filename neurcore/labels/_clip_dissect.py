@@ -156,7 +156,7 @@ class ClipDissect:
         for row, u in enumerate(unit_ids):
             b = int(best[row])
             out.append(Explanation(
-                unit=int(u), method="clip-dissect", formula=self.names[b], iou=0.0, length=1, layer=layer,
+                unit=int(u), method="clip-dissect", formula=self.names[b], iou=None, length=1, layer=layer,
                 metrics={"similarity": float(sims[row, b])},
                 extra={"top": [[self.names[int(c)], float(sims[row, c])] for c in top[row]],
                        "similarity_fn": similarity, "params": used}))

@@ -190,7 +190,7 @@ class LinEx:
             if i is None:
                 reason = ("constant activation" if self.kept.size else
                           "no concept passes LinEx's filter (top-5 mean P >= 0.5, std >= 1e-5)")
-                out.append(Explanation(unit=int(u), method="linex", formula=None, iou=0.0, length=0,
+                out.append(Explanation(unit=int(u), method="linex", formula=None, iou=None, length=0,
                                        layer=layer, metrics={"val_r": 0.0},
                                        extra={"concepts": [], "weights": [], "bias": float(Y[:, col].mean()),
                                               "reason": reason, **extra}))
@@ -199,7 +199,7 @@ class LinEx:
             order = np.argsort(-weights[i, :k], kind="stable")  # the anchor's table: largest weight first
             cons = [self.names[int(self.kept[sel[i, j]])] for j in order]
             ws = [float(weights[i, j]) for j in order]
-            out.append(Explanation(unit=int(u), method="linex", formula=format_linear(cons, ws), iou=0.0,
+            out.append(Explanation(unit=int(u), method="linex", formula=format_linear(cons, ws), iou=None,
                                    length=k, layer=layer, metrics={"val_r": float(val_r[i])},
                                    extra={"concepts": cons, "weights": ws, "bias": float(bias[i]), **extra}))
         return out

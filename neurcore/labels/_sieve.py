@@ -193,7 +193,7 @@ class Sieve:
         extra = {"ratio": float(ratio) if np.isfinite(ratio) else "inf", "selected": selected,
                  "top_samples": [int(i) for i in top]}
         if not selected:
-            return Explanation(unit=u, method="sieve", formula=None, iou=0.0, layer=layer, extra=extra)
+            return Explanation(unit=u, method="sieve", formula=None, iou=None, layer=layer, extra=extra)
         extra["clusters"] = len({h["cluster"] for h in hyps})
         if self.verifier is not None:
             for h in hyps:
@@ -206,7 +206,7 @@ class Sieve:
         for key in ("activation_rate", "cosy_auc", "cosy_mad"):
             if best.get(key) is not None:
                 metrics[key] = best[key]
-        return Explanation(unit=u, method="sieve", formula=best["concept"], iou=0.0, length=1, layer=layer,
+        return Explanation(unit=u, method="sieve", formula=best["concept"], iou=None, length=1, layer=layer,
                            metrics=metrics, extra=extra)
 
 

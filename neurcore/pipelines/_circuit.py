@@ -196,7 +196,7 @@ def _neurflow(spec: ModelSpec, images: np.ndarray, c: int, layers: list[str], ou
             n["importance"] = round(inflow.get(n["id"], 0.0), 6)
     for i, level in enumerate(levels[:-1]):
         for a in level.neurons:
-            rows.append(Explanation(unit=int(a), method="neurflow", formula=None, iou=0.0, layer=names[i],
+            rows.append(Explanation(unit=int(a), method="neurflow", formula=None, iou=None, layer=names[i],
                                     extra={"class": int(c), "core": level.children[a],
                                            "importance": [round(float(level.importance[a][s]), 8)
                                                           for s in level.children[a]],
@@ -256,6 +256,6 @@ def _neucept(spec: ModelSpec, probe: Probe, class_imgs: np.ndarray, c: int, laye
         for u, f in enumerate(saved["frequency"]):
             if f > 0:
                 extra = {"class": int(c), "frequency": round(f, 4), "critical": u in selected, "fdr": fdr}
-                rows.append(Explanation(unit=u, method="neucept", formula=None, iou=0.0, layer=layer,
+                rows.append(Explanation(unit=u, method="neucept", formula=None, iou=None, layer=layer,
                                         extra=extra))
     return {"layers": names, "nodes": nodes, "edges": edges, "metrics": metrics}, rows, core
