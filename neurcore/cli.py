@@ -156,19 +156,16 @@ def _run_search(args: argparse.Namespace) -> int:
     from .rules import search_npz
 
     t0 = time.perf_counter()
-    engine = None
-    if args.engine != "local" or args.ray_address or args.workers:
-        from .distributed import open_engine  # only here: the search path imports no more than it needs
+    options = {"method": args.method, "length": args.length, "beam": args.beam, "quantile": args.quantile,
+               "threshold": args.threshold, "category": args.category, "layer": args.layer,
+               "device": args.device, "time_budget": args.time_budget}
+    if args.engine == "local" and not (args.ray_address or args.workers):
+        results = search_npz(args.concepts, args.units, args.out, **options)
+    else:
+        from .distributed import engine_for  # only here: the search path imports no more than it needs
 
-        engine = open_engine(args.engine, args.ray_address, args.workers)
-    try:
-        results = search_npz(args.concepts, args.units, args.out, method=args.method, length=args.length,
-                             beam=args.beam, quantile=args.quantile, threshold=args.threshold,
-                             category=args.category, layer=args.layer, device=args.device,
-                             time_budget=args.time_budget, engine=engine)
-    finally:
-        if engine is not None:
-            engine.shutdown()
+        with engine_for(args.engine, args.ray_address, args.workers) as engine:
+            results = search_npz(args.concepts, args.units, args.out, engine=engine, **options)
     print(f"neurcore search: {len(results)} units, method {args.method}, {time.perf_counter() - t0:.2f} s "
           f"-> {args.out}", file=sys.stderr)
     return 0
@@ -212,7 +209,8 @@ def _dissect_options(parser: argparse.ArgumentParser) -> None:
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("distributed execution (pip install 'neurcore[distributed]')")
     group.add_argument("--engine", choices=("local", "ray"), default="local",
-                       help="local (this process, the default) or ray: shards over a Ray cluster, same results")
+                       help="local (this process, the default) or ray: shards over a Ray cluster, same "
+                            "results")
     group.add_argument("--ray-address", default=None, metavar="ADDR",
                        help="ray: join the cluster at HOST:PORT (or ray://HOST:PORT, auto); default: start a "
                             "local one")

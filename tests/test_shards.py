@@ -20,7 +20,7 @@ from neurcore.probe import SyntheticWorld
 
 torch = pytest.importorskip("torch")
 
-from test_stream import _files, _tiny_model
+from test_stream import _files, _Killed, _tiny_model, fail_after
 
 
 @settings(max_examples=60, deadline=None)
@@ -122,10 +122,6 @@ def test_shards_in_reverse_order_give_the_files_of_one_pass(tmp_path, cache, sha
     assert not [f for f in os.listdir(tmp_path / "shards") if f.startswith("shards-pass1")]
 
 
-class _Killed(Exception):
-    pass
-
-
 class _DyingEngine(InProcessEngine):
     """Dies (as a killed driver would) after ``after`` calls of pass ``kind``."""
 
@@ -169,15 +165,7 @@ def test_a_local_pass2_checkpoint_resumes_on_an_engine(tmp_path, monkeypatch):
 
     spec, world = _tiny_model(), SyntheticWorld(n_images=37, size=24, seed=3)
     stream_unit_masks(spec, ["1", "3"], world, str(tmp_path / "one"), **_KW)
-    real, calls = stream.binarize, {"n": 0}
-
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 10:
-            raise _Killed
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(stream, "binarize", failing)
+    real = fail_after(monkeypatch, stream, "binarize", 10)
     with pytest.raises(_Killed):
         stream_unit_masks(spec, ["1", "3"], world, str(tmp_path / "mixed"), **_KW)
     monkeypatch.setattr(stream, "binarize", real)

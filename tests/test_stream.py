@@ -105,6 +105,21 @@ class _Killed(Exception):
     pass
 
 
+def fail_after(monkeypatch, owner, attr: str, after: int):
+    """Make ``owner.attr`` raise _Killed from its call ``after + 1`` on (a run killed there); returns the
+    real function, to put back."""
+    real, calls = getattr(owner, attr), {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attr, failing)
+    return real
+
+
 def _files(root) -> dict[str, bytes]:
     out = {}
     for d, _, files in os.walk(root):
@@ -130,15 +145,7 @@ def test_a_killed_stream_resumes_byte_identical(tmp_path, monkeypatch, where, ca
     # batch, after a checkpoint at 8 images; "finish" fails after 2 of the 6 mask blocks are written
     owner, attr, after = {"pass 1": (stream, "_take_in", 10), "pass 2": (stream, "binarize", 10),
                           "finish": (BitMasksBuilder, "finish", 2)}[where]
-    real, calls = getattr(owner, attr), {"n": 0}
-
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > after:
-            raise _Killed
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, attr, failing)
+    real = fail_after(monkeypatch, owner, attr, after)
     with pytest.raises(_Killed):
         stream_unit_masks(spec, ["1", "3"], world, str(tmp_path / "resumed"), **kw)
     with open(tmp_path / "resumed" / ("pass1.json" if where == "pass 1" else "pass2.json")) as f:
@@ -243,15 +250,7 @@ def test_a_resumed_run_keeps_the_cache_choice_its_first_pass_made(tmp_path, monk
     kw = {"quantile": 0.05, "mask_shape": (24, 24), "block_units": 4, "top_images": 2, "batch_size": 4,
           "checkpoint_images": 8, "progress": False}
     whole = stream_unit_masks(spec, ["3"], world, str(tmp_path / "whole"), cache=False, **kw)
-    real, calls = stream._take_in, {"n": 0}
-
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 3:
-            raise _Killed
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(stream, "_take_in", failing)
+    real = fail_after(monkeypatch, stream, "_take_in", 3)
     with pytest.raises(_Killed):
         stream_unit_masks(spec, ["3"], world, str(tmp_path / "r"), cache=False, **kw)
     monkeypatch.setattr(stream, "_take_in", real)

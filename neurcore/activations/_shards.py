@@ -39,12 +39,12 @@ from ._stream import (
     _Pass,
     _pass2_blocks,
     _pass2_builders,
-    _read_rows,
     _save_pass1,
     _save_pass2,
     _write_rows,
     binarize_into,
-    new_top_values,
+    cache_batches,
+    take_in,
 )
 from ._top import TopImages
 
@@ -75,15 +75,11 @@ def pass1_shard(spec: ModelSpec, probe: Probe, *, layers: list[str], start: int,
     for s, _e, maps_by_layer in layer_batches(spec, layers, probe, start, batch_size, stop=stop,
                                               device=device):
         for name, maps in maps_by_layer.items():
-            if name not in values:
-                values[name] = new_top_values(probe.n_images, maps, quantile)
-                tops[name] = TopImages.empty(maps.shape[1], top_images, maps.shape[2:])
-            values[name].update(maps)
-            tops[name].update(maps, s)
+            take_in(name, maps, s, values, tops, n_images=probe.n_images, quantile=quantile,
+                    top_images=top_images, cache_file=cache_files[name] if cache_files else None,
+                    create=False)
             if keep_maps:
                 maps_out[name].append(maps)
-            if cache_files:
-                _write_rows(cache_files[name], maps, s, probe.n_images, create=False)
     return {name: {"values": values[name].values, "top": tops[name],
                    "maps": np.concatenate(maps_out[name]) if keep_maps else None} for name in layers}
 
@@ -99,9 +95,7 @@ def pass2_shard(spec: ModelSpec, probe: Probe, *, layers: list[str], start: int,
     builders = {name: [BitMasksBuilder(min(block_units, len(thr) - u), mask_shape, layout="sparse")
                        for u in range(0, len(thr), block_units)] for name, thr in thresholds.items()}
     if cache_files:
-        batches = ((s, min(stop, s + batch_size),
-                    {name: _read_rows(cache_files[name], s, min(stop, s + batch_size)) for name in layers})
-                   for s in range(start, stop, batch_size))
+        batches = cache_batches({name: cache_files[name] for name in layers}, start, stop, batch_size)
     else:
         batches = layer_batches(spec, layers, probe, start, batch_size, stop=stop, device=device)
     for _s, _e, maps_by_layer in batches:
@@ -166,7 +160,8 @@ def sharded_pass1(run: _Pass, engine: ShardEngine, quantile: float, top_images: 
 
 
 def _shard_size(run: _Pass, engine: ShardEngine) -> int:
-    return shard_size(run.checkpoint_images, run.batch_size, run.probe.n_images, getattr(engine, "workers", 1))
+    return shard_size(run.checkpoint_images, run.batch_size, run.probe.n_images,
+                      getattr(engine, "workers", 1))
 
 
 def _cache_files(run: _Pass, engine: ShardEngine) -> dict[str, str] | None:
@@ -198,8 +193,9 @@ def sharded_pass2(run: _Pass, engine: ShardEngine, thr: dict, mask_shape: tuple[
     for f in os.listdir(pending_dir):  # shards of another split, or already appended
         if f.endswith(".npz") and _pending_start(f) not in pending:
             os.remove(os.path.join(pending_dir, f))
+    cache_files = _cache_files(run, engine)
     calls = [{"layers": run.layers, "start": s, "stop": e, "thresholds": thr, "mask_shape": mask_shape,
-              "block_units": block_units, "batch_size": run.batch_size, "cache_files": _cache_files(run, engine)}
+              "block_units": block_units, "batch_size": run.batch_size, "cache_files": cache_files}
              for s, e in shards if s not in pending]
     bar = run.bar("pass 2: unit masks", done)
 

@@ -144,10 +144,8 @@ class _Pass:
         if not from_cache:
             yield from layer_batches(self.spec, self.layers, self.probe, start, self.batch_size)
             return
-        n = self.probe.n_images
-        for s in range(start, n, self.batch_size):
-            e = min(n, s + self.batch_size)
-            yield s, e, {name: _read_rows(_cache_file(self.dirs[name]), s, e) for name in self.layers}
+        yield from cache_batches({name: _cache_file(d) for name, d in self.dirs.items()}, start,
+                                 self.probe.n_images, self.batch_size)
 
     def bar(self, desc: str, start: int):
         """A progress bar over the probe's images."""
@@ -206,14 +204,31 @@ def _load_finished_pass1(run: _Pass) -> tuple[dict, dict]:
 def _take_in(run: _Pass, name: str, maps: np.ndarray, s: int, values: dict, tops: dict, quantile: float,
              top_images: int) -> None:
     """One batch of one layer into its top values, top images and (with a cache) the cache file."""
-    c = maps.shape[1]
+    take_in(name, maps, s, values, tops, n_images=run.probe.n_images, quantile=quantile,
+            top_images=top_images, cache_file=_cache_file(run.dirs[name]) if run.cache else None)
+
+
+def take_in(name: str, maps: np.ndarray, s: int, values: dict, tops: dict, *, n_images: int, quantile: float,
+            top_images: int, cache_file: str | None = None, create: bool | None = None) -> None:
+    """A batch of layer ``name``'s maps float32 [b, units, h, w], images ``s..``, into ``values``
+    ({layer: :class:`TopValues`}) and ``tops`` ({layer: :class:`TopImages`}), made on its first batch,
+    and into ``cache_file`` when given (:func:`_write_rows`' ``create``)."""
     if name not in values:
-        values[name] = new_top_values(run.probe.n_images, maps, quantile)
-        tops[name] = TopImages.empty(c, top_images, maps.shape[2:])
+        values[name] = new_top_values(n_images, maps, quantile)
+        tops[name] = TopImages.empty(maps.shape[1], top_images, maps.shape[2:])
     values[name].update(maps)
     tops[name].update(maps, s)
-    if run.cache:
-        _write_rows(_cache_file(run.dirs[name]), maps, s, run.probe.n_images)
+    if cache_file:
+        _write_rows(cache_file, maps, s, n_images, create=create)
+
+
+def cache_batches(files: dict[str, str], start: int, stop: int,
+                  batch_size: int) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """Images ``start .. stop - 1`` of the activation caches ``files`` ({layer: path}) in batches, as
+    :func:`layer_batches` gives them from the model."""
+    for s in range(start, stop, batch_size):
+        e = min(stop, s + batch_size)
+        yield s, e, {name: _read_rows(path, s, e) for name, path in files.items()}
 
 
 def _save_pass1(run: _Pass, state_file: str, file_name: str, values: dict, tops: dict, **pointer) -> None:

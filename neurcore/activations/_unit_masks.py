@@ -38,8 +38,8 @@ def stream_unit_masks(spec: ModelSpec, layers: list[str], probe: Probe, root: st
     (``quantile x n_images x h x w`` floats a unit), a batch of maps, and ``top_images`` maps a unit.
     Resumes from the last checkpoint of either pass. ``stage(name)``, when given, is a context manager
     around each pass (a :class:`~neurcore.pipelines.Stages`-like timer). ``engine``: run both passes
-    as image shards of ``checkpoint_images`` images on a :class:`~neurcore.distributed.ShardEngine` (a Ray cluster), with
-    the same results; by default they run here, batch after batch.
+    as image shards of ``checkpoint_images`` images on a :class:`~neurcore.distributed.ShardEngine`
+    (a Ray cluster), with the same results; by default they run here, batch after batch.
     """
     if not 0 < quantile < 1:
         raise InputError(f"quantile must lie in (0, 1), got {quantile}")

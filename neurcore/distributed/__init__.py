@@ -5,7 +5,7 @@
   of (layer, unit block) as tasks, concept masks shared once through the object store.
 - :class:`InProcessEngine`: the same shards run in this process, one after another.
 - :func:`open_engine`: the engine a ``--engine`` option names (None for ``local``, today's
-  single-process path).
+  single-process path); :func:`engine_for`, the same as a context that shuts it down after.
 - :func:`simulate_makespan`, :func:`split_shards`: a scaling plan from a run's measured shards
   (``engine.json``).
 
@@ -16,12 +16,15 @@ nothing imports it unless ``--engine ray`` is asked for.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from ..errors import InputError
 from ._engines import InProcessEngine, ShardEngine
 from ._plan import simulate_makespan, split_shards
 
-__all__ = ["ENGINES", "InProcessEngine", "RayEngine", "ShardEngine", "open_engine", "simulate_makespan",
-           "split_shards"]
+__all__ = ["ENGINES", "InProcessEngine", "RayEngine", "ShardEngine", "engine_for", "open_engine",
+           "simulate_makespan", "split_shards"]
 
 ENGINES = ("local", "ray")
 
@@ -39,6 +42,22 @@ def open_engine(engine: str = "local", address: str | None = None,
     from ._ray import RayEngine
 
     return RayEngine(address, workers)
+
+
+@contextlib.contextmanager
+def engine_for(engine: str | ShardEngine, address: str | None = None,
+               workers: int | None = None) -> Iterator[ShardEngine | None]:
+    """The engine to run with: the one ``engine`` names (:func:`open_engine`), shut down on leaving, or
+    ``engine`` itself when it is a :class:`ShardEngine` (whoever made it shuts it down)."""
+    if not isinstance(engine, str):
+        yield engine
+        return
+    opened = open_engine(engine, address, workers)
+    try:
+        yield opened
+    finally:
+        if opened is not None:
+            opened.shutdown()
 
 
 def __getattr__(name: str):

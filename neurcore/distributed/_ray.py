@@ -49,7 +49,8 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
             pass
     except OSError as e:
         raise InputError(f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e}); "
-                         "start one with `ray start --head`, or leave out --ray-address for a local one") from e
+                         "start one with `ray start --head`, or leave out --ray-address for a local "
+                         "one") from e
 
 
 class RayEngine:

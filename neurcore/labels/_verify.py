@@ -221,7 +221,7 @@ class Verifier:
         if self.engine is None:
             return
         todo = [p for p in dict.fromkeys(prompts) if p is not None and p not in self._memo and
-                not (self.cache_path(p) and os.path.isfile(self.cache_path(p)))]
+                not os.path.isfile(self.cache_path(p) or "")]
         if not todo:
             return
         alone = copy.copy(self)  # what a worker needs: no engine, no memo

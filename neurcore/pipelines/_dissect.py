@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from .._io import write_json
-from ..distributed import ShardEngine, open_engine
+from ..distributed import ShardEngine, engine_for
 from ..errors import InputError
 from ..labels import METHODS as LABEL_METHODS
 from ..models import ModelSpec
@@ -67,8 +67,7 @@ def dissect(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4"
     layers = unique_names(layers, "dissect: give at least one --layer")
     label_methods = _label_methods(method, methods)
     stage = Stages(out_dir)
-    shard_engine = open_engine(engine, ray_address, workers) if isinstance(engine, str) else engine
-    try:
+    with engine_for(engine, ray_address, workers) as shard_engine:
         with stage("set-up: model, probe"):
             setup = set_up(model, layers, probe, weights=weights, probe_images=probe_images,
                            progress=progress)
@@ -83,9 +82,6 @@ def dissect(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4"
             write_json(os.path.join(out_dir, "engine.json"),
                        {"engine": type(shard_engine).__name__, "workers": getattr(shard_engine, "workers", 1),
                         "calls": shard_engine.log}, indent=0)
-    finally:
-        if shard_engine is not None and isinstance(engine, str):
-            shard_engine.shutdown()
     write_results(out_dir, run.results, labels)
     if report:
         with stage("report"):

@@ -26,7 +26,7 @@ import numpy as np
 
 from .._io import atomic_open, check_manifest, safe_name, write_json
 from ..activations import extract, unit_scores
-from ..distributed import ShardEngine, open_engine
+from ..distributed import ShardEngine, engine_for
 from ..errors import InputError
 from ..labels import (
     METHODS,
@@ -132,52 +132,46 @@ def label(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4",)
     """
     methods = _check_methods(methods)
     layers = unique_names(layers, "label: give at least one layer")
-    if isinstance(engine, str):
-        shard_engine = open_engine(engine, ray_address, workers)
-        try:
-            return label(model, layers, probe, methods=methods, out_dir=out_dir, weights=weights, vlm=vlm,
-                         vlm_weights=vlm_weights, sim_vlm=sim_vlm, sim_vlm_weights=sim_vlm_weights,
-                         vocabulary=vocabulary, generator=generator, generator_options=generator_options,
-                         n_generated=n_generated, similarity=similarity, tau=tau, top_n=top_n, crop=crop,
-                         top_k=top_k, max_k=max_k, rules=rules, probe_images=probe_images,
-                         batch_size=batch_size, seed=seed, report=report, progress=progress,
-                         engine=shard_engine)
-        finally:
-            if shard_engine is not None:
-                shard_engine.shutdown()
-    setup = set_up(model, layers, probe, weights=weights, probe_images=probe_images, progress=progress)
-    layers = setup.layers  # "all" and globs expanded
-    vocab = _vocabulary(vocabulary, setup.probe)
-    world = setup.probe if isinstance(setup.probe, SyntheticWorld) else None
-    gen = generator if isinstance(generator, Generator) else \
-        load_generator(generator, world=world, **(generator_options or {}))
-    explainer = vlm if isinstance(vlm, VisionLanguageModel) else load_vlm(vlm, vlm_weights, progress=progress)
-    simulator = None
-    if sim_vlm is not None and "linex" in methods:
-        simulator = sim_vlm if isinstance(sim_vlm, VisionLanguageModel) else \
-            load_vlm(sim_vlm, sim_vlm_weights, progress=progress)
-    settings = {"model": setup.spec.name, "probe": setup.probe.name, "probe_images": setup.probe.n_images,
-                "vlm": explainer.cache_key, "sim_vlm": simulator.cache_key if simulator else None,
-                "generator": gen.describe(), "n_generated": n_generated, "similarity": similarity, "tau": tau,
-                "top_n": top_n, "crop": crop, "top_k": top_k, "max_k": max_k, "seed": seed,
-                "vocabulary": len(vocab), "layers": layers}
-    check_manifest(out_dir, settings, name=os.path.join("labels", "manifest.json"), what="labels ")
-    rules = _rules_to_verify(rules, setup, out_dir, batch_size, progress)
-    acts = extract(setup.spec, layers, setup.probe, os.path.join(out_dir, "layers"), batch_size=batch_size,
-                   progress=progress)
-    image_emb, text_emb, sim_p = _embeddings(explainer, simulator, setup.probe, vocab, out_dir, batch_size,
-                                             progress)
-    run = _Labelling(setup, out_dir, methods, vocab, gen, explainer, image_emb, text_emb, sim_p, similarity,
-                     tau, top_n, crop, top_k, max_k, n_generated, seed, batch_size, progress, engine)
-    rows, summary = [], {}
-    for name in layers:
-        layer_rows, summary[name] = _label_layer(run, name, acts[name], (rules or {}).get(name, []), world)
-        rows.extend(layer_rows)
-    _write_labels(out_dir, rows, {"settings": settings, "layers": summary,
-                                  "vlm_concept_auc": _concept_auc_if_tiny(explainer, world, out_dir)})
-    if report:
-        write_label_report(out_dir, setup.probe, acts)
-    return rows
+    with engine_for(engine, ray_address, workers) as shard_engine:
+        setup = set_up(model, layers, probe, weights=weights, probe_images=probe_images, progress=progress)
+        layers = setup.layers  # "all" and globs expanded
+        vocab = _vocabulary(vocabulary, setup.probe)
+        world = setup.probe if isinstance(setup.probe, SyntheticWorld) else None
+        gen = generator if isinstance(generator, Generator) else \
+            load_generator(generator, world=world, **(generator_options or {}))
+        explainer = vlm if isinstance(vlm, VisionLanguageModel) else \
+            load_vlm(vlm, vlm_weights, progress=progress)
+        simulator = None
+        if sim_vlm is not None and "linex" in methods:
+            simulator = sim_vlm if isinstance(sim_vlm, VisionLanguageModel) else \
+                load_vlm(sim_vlm, sim_vlm_weights, progress=progress)
+        settings = {"model": setup.spec.name, "probe": setup.probe.name, "probe_images": setup.probe.n_images,
+                    "vlm": explainer.cache_key, "sim_vlm": simulator.cache_key if simulator else None,
+                    "generator": gen.describe(), "n_generated": n_generated, "similarity": similarity,
+                    "tau": tau,
+                    "top_n": top_n, "crop": crop, "top_k": top_k, "max_k": max_k, "seed": seed,
+                    "vocabulary": len(vocab), "layers": layers}
+        check_manifest(out_dir, settings, name=os.path.join("labels", "manifest.json"), what="labels ")
+        rules = _rules_to_verify(rules, setup, out_dir, batch_size, progress)
+        acts = extract(setup.spec, layers, setup.probe, os.path.join(out_dir, "layers"),
+                       batch_size=batch_size,
+                       progress=progress)
+        image_emb, text_emb, sim_p = _embeddings(explainer, simulator, setup.probe, vocab, out_dir,
+                                                 batch_size,
+                                                 progress)
+        run = _Labelling(setup, out_dir, methods, vocab, gen, explainer, image_emb, text_emb, sim_p,
+                         similarity, tau, top_n, crop, top_k, max_k, n_generated, seed, batch_size, progress,
+                         shard_engine)
+        rows, summary = [], {}
+        for name in layers:
+            layer_rows, summary[name] = _label_layer(run, name, acts[name], (rules or {}).get(name, []),
+                                                     world)
+            rows.extend(layer_rows)
+        _write_labels(out_dir, rows, {"settings": settings, "layers": summary,
+                                      "vlm_concept_auc": _concept_auc_if_tiny(explainer, world, out_dir)})
+        if report:
+            write_label_report(out_dir, setup.probe, acts)
+        return rows
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:

@@ -216,8 +216,8 @@ def _search_units(name: str, layer: StreamedLayer, concepts: ConceptSet, method:
         return search_part(concepts, layer=name, start=units.start, masks=None,
                            acts=layer.acts[:, units.start : units.stop], method=method, length=length,
                            beam=beam)  # a memmap's slice: read unit by unit
-    return search_part(concepts, layer=name, start=units.start, masks=unit_mask_blocks(layer, units), acts=None,
-                       method=method, length=length, beam=beam)
+    return search_part(concepts, layer=name, start=units.start, masks=unit_mask_blocks(layer, units),
+                       acts=None, method=method, length=length, beam=beam)
 
 
 def search_part(concepts: ConceptSet, *, layer: str, start: int, masks: BitMasks | None,
