@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 
 from . import __version__
 from .errors import InputError, NeurcoreError
+from .results import planted_summary
 
 #: Rule-search methods of ``search`` and ``dissect``.
 _RULE_METHODS = ["dissect", "beam", "optimal", "clustered"]
@@ -238,9 +239,7 @@ def _run_dissect(args: argparse.Namespace) -> int:
     n_layers = len({r.layer for r in results})
     summary = f"{len(results)} units in {n_layers} layer(s), {time.perf_counter() - t0:.1f} s"
     if planted:
-        found = sum(r.planted["recovered"] for r in planted)
-        summary += (f"; recovered {found} of {len(planted)} planted units "
-                    f"({100.0 * found / len(planted):.1f}%)")
+        summary += f"; {planted_summary(planted)}"
     print(f"neurcore dissect: {summary}\n  report: {os.path.join(args.out, 'report', 'index.html')}")
     return 0
 

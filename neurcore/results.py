@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from ._io import atomic_open
 
-__all__ = ["Explanation", "write_jsonl", "read_jsonl", "write_csv", "CSV_COLUMNS"]
+__all__ = ["Explanation", "write_jsonl", "read_jsonl", "write_csv", "CSV_COLUMNS", "planted_summary"]
 
 
 @dataclass
@@ -35,8 +35,10 @@ class Explanation:
     |F and A| / |F|, ``sample_coverage`` (images where F meets A over images
     with F), ``explanation_coverage`` (same over images with A).
     beam: the final beam, best first: ``[{"formula": str, "iou": float}, ...]``.
-    planted: for a planted unit, ``{"formula": its known formula, "iou": that formula's IoU,
-    "recovered": iou >= planted iou}``.
+    planted: for a planted unit, ``{"formula": its known formula, "iou": that formula's IoU with the
+    unit mask, "mask_iou": IoU of the found and planted formulas' masks on the probe, "recovered": the
+    planted formula was found (equivalent, or mask_iou >= 0.95), "iou_not_worse": iou >= planted
+    iou}`` (:func:`neurcore.rules.planted_recovery`).
     ranges: clustered explanations, one per activation range, lowest first: ``{"range": [lo, hi],
     "formula", "iou", "length", "categories", "counts", "metrics"}``.
     extra: method-specific values that do not deserve a field yet.
@@ -92,7 +94,21 @@ def read_jsonl(path: str | os.PathLike) -> list[Explanation]:
 
 CSV_COLUMNS = ["layer", "unit", "method", "formula", "iou", "length", "categories", "detector", "unit_pixels",
                "formula_pixels", "intersection", "union", "activation_coverage", "detection_accuracy",
-               "sample_coverage", "explanation_coverage", "planted_formula", "planted_iou", "recovered"]
+               "sample_coverage", "explanation_coverage", "planted_formula", "planted_iou",
+               "planted_mask_iou", "recovered", "iou_not_worse"]
+
+
+def planted_summary(results: Iterable[Explanation]) -> str:
+    """How many planted units were recovered, in words: exactly (the planted formula found) and by score
+    (the explanation found scores at least the planted formula's IoU); "" without planted units."""
+    planted = [r.planted for r in results if r.planted]
+    if not planted:
+        return ""
+    n = len(planted)
+    exact = sum(bool(p.get("recovered")) for p in planted)
+    score = sum(bool(p.get("iou_not_worse")) for p in planted)
+    return (f"recovered {exact} of {n} planted units exactly ({100.0 * exact / n:.1f}%); "
+            f"{score} of {n} ({100.0 * score / n:.1f}%) scored at least the planted formula's IoU")
 
 
 def write_csv(path: str | os.PathLike, results: Iterable[Explanation]) -> None:
@@ -109,5 +125,5 @@ def write_csv(path: str | os.PathLike, results: Iterable[Explanation]) -> None:
                         c.get("unit", ""), c.get("formula", ""), c.get("intersection", ""),
                         c.get("union", ""), m.get("activation_coverage", ""), m.get("detection_accuracy", ""),
                         m.get("sample_coverage", ""), m.get("explanation_coverage", ""),
-                        p.get("formula", ""), p.get("iou", ""),
-                        "" if "recovered" not in p else int(p["recovered"])])
+                        p.get("formula", ""), p.get("iou", ""), p.get("mask_iou", ""),
+                        *("" if k not in p else int(p[k]) for k in ("recovered", "iou_not_worse"))])

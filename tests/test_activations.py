@@ -105,3 +105,41 @@ def test_torchvision_weights_from_a_local_file(tmp_path):
         load_model("resnet18", str(tmp_path / "junk.pt"))
     with pytest.raises(InputError, match="model 'alexnet': expected default, default-circuit or one of"):
         load_model("alexnet")
+
+
+@pytest.fixture(scope="module")
+def world_maps():
+    world = SyntheticWorld(600, 64, seed=3)
+    return world, world.concept_maps(0, world.n_images)
+
+
+def _planted_mask_iou(world, maps, formula):
+    from neurcore.activations import planted_maps
+    from neurcore.models import PlantedUnit
+    from neurcore.rules import parse
+
+    unit = PlantedUnit("x", parse(formula))
+    acts = planted_maps([unit], maps, world.concept_names, (8, 8), first_image=0)
+    t = thresholds(acts)
+    mask = unit_masks(acts, t, (64, 64)).to_dense()[0]
+    index = {n: i for i, n in enumerate(world.concept_names)}
+    truth = np.stack([unit.formula.evaluate(m, index) for m in maps])
+    return float(t[0]), (mask & truth).sum() / (mask | truth).sum(), (mask & truth).any(axis=(1, 2)).mean() / \
+        truth.any(axis=(1, 2)).mean()
+
+
+def test_planted_formula_that_fits_the_quantile_gives_its_whole_region(world_maps):
+    """(circle AND purple) covers about as many cells as the top 0.5%: the threshold falls near 0 (at a
+    cover of EDGE + t), and the unit's mask is the formula's region in every image that has it, not
+    its strongest part."""
+    from neurcore.activations import EDGE
+
+    t, iou, images = _planted_mask_iou(*world_maps, "(circle AND purple)")
+    assert -EDGE < t < 0.1 and iou > 0.6 and images > 0.95
+
+
+def test_planted_formula_too_large_for_the_quantile_gives_only_part_of_it(world_maps):
+    """sky covers far more than 0.5% of the cells: the threshold falls inside its region, so its
+    mask is a random part of it (why such units are labelling truths, not identifiable)."""
+    t, iou, _ = _planted_mask_iou(*world_maps, "sky")
+    assert t > 0.5 and iou < 0.1

@@ -129,3 +129,21 @@ def test_cuda_second_device_while_the_first_is_current():
             assert got.device == torch.device("cuda:1")
             assert np.array_equal(host(got), flat(a) @ flat(b).T)
             assert np.array_equal((A | B[:1]).to_dense(), a | b[:1])
+
+
+def test_cuda_primitives_refuse_bad_shapes_before_the_kernel():
+    """The CUDA bindings take plain pointers: the dispatcher's checks must stop what the CPU binding would."""
+    from neurcore.engine import _dispatch
+    from neurcore.errors import InputError
+
+    w = torch.zeros((3, 2), dtype=torch.int64, device="cuda")
+    with pytest.raises(InputError, match="words per row differ"):
+        _dispatch.binary_dense("and", w, w[:, :1].contiguous())
+    with pytest.raises(InputError, match="must match, or one must be 1"):
+        _dispatch.binary_dense("or", w, w[:2])
+    with pytest.raises(InputError, match="does not fill 2 words per image"):
+        _dispatch.not_blocks(w, 200)
+    with pytest.raises(InputError, match=r"outside \[-1, 3\)"):
+        _dispatch.combine_blocks("and", w, np.array([3]), w, np.array([0]))
+    with pytest.raises(InputError, match="popcount_rows: words must be"):
+        _dispatch.popcount_rows(w.reshape(-1))

@@ -25,7 +25,10 @@ def tiny_spec(planted=()):
                      planted=[PlantedUnit("3", parse(f)) for f in planted])
 
 
-PLANTED = ["sky", "(red AND circle)", "(grass OR sand)", "(blue AND NOT sky)", "((sky OR cloud) AND NOT beach)"]
+# Formulas whose region fits the top quantile (DEFAULT_PLANTED's rule); beam search cannot reach the OR
+# one, whose prefix (green OR blue) is far larger than the unit.
+PLANTED = ["(circle AND purple)", "(street AND circle)", "((square AND blue) AND NOT room)",
+           "((triangle AND red) AND NOT striped)", "((green OR blue) AND circle)"]
 
 
 def test_dissect_python_api_with_planted_units(tmp_path):
@@ -35,13 +38,15 @@ def test_dissect_python_api_with_planted_units(tmp_path):
     assert len(out) == 6 + len(PLANTED)
     planted = [r for r in out if r.planted]
     assert [r.planted["formula"] for r in planted] == [str(parse(f)) for f in PLANTED]
-    assert all(r.planted["recovered"] for r in planted)
+    assert [r.planted["recovered"] for r in planted] == [True] * 4 + [False]
+    assert all(r.planted["iou_not_worse"] for r in planted[:4]) and planted[4].planted["mask_iou"] < 0.9
     lines = (tmp_path / "d" / "results.jsonl").read_text().splitlines()
     assert [json.loads(line)["unit"] for line in lines] == list(range(len(out)))
     header = (tmp_path / "d" / "results.csv").read_text().splitlines()[0]
     assert header.startswith("layer,unit,method,formula,iou")
+    assert header.endswith("planted_formula,planted_iou,planted_mask_iou,recovered,iou_not_worse")
     index = (tmp_path / "d" / "report" / "index.html").read_text()
-    assert f"Recovered {len(PLANTED)} of {len(PLANTED)} planted units (100.0%)" in index
+    assert "Recovered 4 of 5 planted units exactly (80.0%); " in index
     assert len(os.listdir(tmp_path / "d" / "report" / "img")) == len(out)
 
 
@@ -67,7 +72,8 @@ def test_default_model_trains_once_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "DEFAULT_EPOCHS", 1)
     first = models.default_model(progress=False)
     assert len(os.listdir(tmp_path)) == 1 and first.input_size == 64
-    assert [u.formula is not None for u in first.planted] == [True] * 20 + [False] * 4
+    assert [u.formula is not None for u in first.planted] == [True] * 28 + [False] * 4
+    assert [u.identifiable for u in first.planted[:28]] == [True] * 20 + [False] * 8
     second = models.default_model(progress=False)
     for a, b in zip(first.module.state_dict().values(), second.module.state_dict().values()):
         assert torch.equal(a, b)

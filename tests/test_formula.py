@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 from neurcore import BitMasks
 from neurcore.errors import FormulaSyntaxError
-from neurcore.rules import And, AndNot, Leaf, Not, Or, parse, quote
+from neurcore.rules import And, AndNot, Leaf, Not, Or, equivalent, parse, quote
 
 names = st.one_of(
     st.sampled_from(["water", "river", "blue", "sky-s", "a_b", "x1"]),
@@ -74,3 +74,24 @@ def test_evaluate_matches_numpy(seed):
     assert np.array_equal(f.evaluate(m, names), expect)  # also on plain bool arrays
     with pytest.raises(KeyError, match="unknown concept 'zz'"):
         parse("a OR zz").evaluate(bm, names)
+
+
+@given(formulas)
+def test_equivalent_to_itself_and_its_mirror_image(f):
+    assert equivalent(f, f)
+    mirror = {Or: lambda x: Or(x.right, x.left), And: lambda x: And(x.right, x.left)}
+    if type(f) in mirror:
+        assert equivalent(f, mirror[type(f)](f))
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("(a AND NOT b)", "(a AND (NOT b))", True),
+    ("((a OR b) AND c)", "((a AND c) OR (b AND c))", True),
+    ("(NOT (a OR b))", "((NOT a) AND (NOT b))", True),
+    ("(a AND NOT a)", "(b AND NOT b)", True),       # both empty
+    ("(a OR b)", "(a AND b)", False),
+    ("((a AND b) AND NOT c)", "(a AND b)", False),
+    ("a", "(a AND b)", False),                      # differ where b is off
+])
+def test_equivalent_on_every_truth_assignment(a, b, same):
+    assert equivalent(parse(a), parse(b)) is same

@@ -173,3 +173,26 @@ def test_combine_blocks_is_checked_once_before_any_backend():
     got = _dispatch.combine_blocks("and_not", w + np.uint64(5), np.array([1, -1]), w + np.uint64(4),
                                    np.array([0, 1]))
     assert got.tolist() == [[1], [0]]
+
+
+def test_every_primitive_is_checked_once_before_any_backend():
+    """binary_dense, not_blocks and the per-row kernels refuse bad shapes in the dispatcher, before the
+    CPU or CUDA binding, with messages naming the argument."""
+    from neurcore.engine import _dispatch
+    from neurcore.errors import InputError
+
+    w = np.zeros((3, 2), np.uint64)
+    with pytest.raises(InputError, match=r"binary_dense: A and B words per row differ"):
+        _dispatch.binary_dense("and", w, np.zeros((3, 1), np.uint64))
+    with pytest.raises(InputError, match=r"row counts 3 and 2 must match, or one must be 1"):
+        _dispatch.binary_dense("or", w, w[:2])
+    with pytest.raises(InputError, match=r"op must be one of"):
+        _dispatch.binary_dense("xor", w, w)
+    with pytest.raises(InputError, match=r"pixels_per_image 200 does not fill 2 words per image"):
+        _dispatch.not_blocks(w, 200)
+    with pytest.raises(InputError, match=r"popcount_rows: words must be \[rows, words per row\], got shape \(6,\)"):
+        _dispatch.popcount_rows(w.reshape(-1))
+    with pytest.raises(InputError, match=r"nonzero_blocks: words must be"):
+        _dispatch.nonzero_blocks(w[None])
+    assert _dispatch.binary_dense("or", w[:1] + np.uint64(1), w).tolist() == [[1, 1]] * 3
+    assert _dispatch.not_blocks(w[:1], 65).tolist() == [[2**64 - 1, 1]]

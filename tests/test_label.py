@@ -31,7 +31,8 @@ def small_spec():
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(4),
                                  torch.nn.Conv2d(8, 6, 3, padding=1), torch.nn.ReLU())
-    planted = [PlantedUnit("4", parse(f)) for f in PLANTED] + [PlantedUnit("4", weights=LINEAR)]
+    planted = ([PlantedUnit("4", parse(f), identifiable=False) for f in PLANTED]  # labelling truths
+               + [PlantedUnit("4", weights=LINEAR)])
     return ModelSpec(module, name="small", input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, planted=planted)
 
 

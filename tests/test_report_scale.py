@@ -59,7 +59,8 @@ def fake_run(n_images: int, layers: dict, k: int = 5, size: int = 32, planted_un
             planted = None
             if u < planted_units:
                 iou = round(float(rng.random()) * 0.5, 3)
-                planted = {"formula": str(parse(names[0])), "iou": iou, "recovered": bool(u % 2)}
+                planted = {"formula": str(parse(names[0])), "iou": iou, "mask_iou": 0.5, "recovered": bool(u % 2),
+                           "iou_not_worse": True}
             iou = float(rng.random()) * 0.3 if formula else 0.0
             cats = [cat[n] for n in parse(formula).leaves()] if formula else None
             results.append(Explanation(unit=u, method="beam", formula=formula, iou=iou, length=len(names),
@@ -162,9 +163,9 @@ def test_index_lists_every_unit_once_with_a_link_to_its_card(big):
 def test_index_keeps_the_planted_table_and_layer_sections(big):
     root, results, _ = big
     text = (root / "index.html").read_text()
-    assert ("<p id='planted-recovery'>Recovered 2 of 6 planted units (33.3%): the explanation found scores "
-            "at least the planted formula's IoU.</p>") in text
-    assert text.count("<td class='miss'>no</td>") == 4 and text.count("<td class='ok'>yes</td>") == 2
+    assert ("<p id='planted-recovery'>Recovered 2 of 6 planted units exactly (33.3%); 6 of 6 (100.0%) scored "
+            "at least the planted formula's IoU. Recovered means") in text
+    assert text.count("<td class='miss'>no</td>") == 4 and text.count("<td class='ok'>yes</td>") == 2 + 6
     planted = sorted((r for r in results if r.planted), key=lambda r: (r.layer != "conv.3", -r.iou, r.unit))
     rows = re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td><td class='formula'>([^<]*)</td>", text)
     assert rows == [(r.layer, str(r.unit), r.planted["formula"]) for r in planted]  # by layer, best first

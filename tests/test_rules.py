@@ -150,3 +150,31 @@ def test_batches_of_units_give_the_same_results():
     assert bs._units_per_batch(units, 5, 30_000) < 11
     batched = bs.explain(units, memory_budget=30_000)
     assert [r.to_dict() for r in batched] == [r.to_dict() for r in whole]
+
+
+def test_planted_recovery_means_the_formula_was_found():
+    from neurcore.rules import EXACT_MASK_IOU, parse, planted_recovery
+
+    rng = np.random.default_rng(4)
+    concepts = blob_concepts(rng, 12, 60, (16, 16))
+    a, c = concepts.names[4], concepts.names[9]
+    planted = parse(f"({a} AND {c})")
+    unit = concepts.evaluate(planted)
+    size = int(unit.count()[0])
+    # b removes between 5% and 60% of the planted region
+    b = next(n for n in concepts.names if n not in (a, c)
+             and 0.05 < 1 - concepts.evaluate(parse(f"(({a} AND {c}) AND NOT {n})")).count()[0] / size < 0.6)
+    same = planted_recovery(f"({c} AND {a})", 1.0, planted, unit, concepts)
+    assert same["recovered"] and same["iou_not_worse"] and same["mask_iou"] == 1.0 and same["iou"] == 1.0
+    # A subset that scores as well on a unit mask that is only part of the formula is not the formula.
+    subset = parse(f"(({a} AND {c}) AND NOT {b})")
+    part = concepts.evaluate(subset)
+    got = planted_recovery(subset, 1.0, planted, part, concepts)
+    truth_iou = int(part.count()[0]) / size
+    assert got["iou"] == pytest.approx(truth_iou) and got["mask_iou"] == pytest.approx(truth_iou, abs=1e-4)
+    assert got["iou_not_worse"] and truth_iou < EXACT_MASK_IOU and not got["recovered"]
+    # An equivalent formula is recovered even when both masks are empty on the probe.
+    empty = parse(f"({a} AND NOT {a})")
+    assert planted_recovery(f"({b} AND NOT {b})", 0.0, empty, concepts.evaluate(empty), concepts)["recovered"]
+    assert planted_recovery(None, None, planted, unit, concepts) == {
+        "formula": str(planted), "iou": 1.0, "mask_iou": 0.0, "recovered": False, "iou_not_worse": False}

@@ -15,12 +15,12 @@
 
 from ._binarize import binarize, thresholds, unit_masks
 from ._extract import extract, layer_batches, layer_shapes
-from ._planted import planted_maps
+from ._planted import EDGE, planted_maps
 from ._scores import unit_scores
 from ._stream import StreamedLayer, TopValues, linear_quantile, unit_mask_blocks
 from ._top import TopImages
 from ._unit_masks import stream_unit_masks
 
 __all__ = ["extract", "layer_batches", "layer_shapes", "thresholds", "unit_masks", "binarize",
-           "planted_maps", "unit_scores", "stream_unit_masks", "unit_mask_blocks", "StreamedLayer",
+           "planted_maps", "EDGE", "unit_scores", "stream_unit_masks", "unit_mask_blocks", "StreamedLayer",
            "TopValues", "TopImages", "linear_quantile"]

@@ -50,6 +50,7 @@ def ptr(t) -> int:
 # ------------------------------------------------------------------ primitives
 def _per_row(name: str, words, dtype: str):
     """One value per row of words [m, k] from the kernel ``name`` -> [m] of ``dtype`` (torch's name)."""
+    _check_words(name, words)
     if not is_torch(words):
         return getattr(_C, name)(words)
     import torch
@@ -72,6 +73,7 @@ def nonzero_blocks(words):
 
 def binary_dense(op: str, a, b):
     """Elementwise a op b over words [na, k], [nb, k]; a single row broadcasts."""
+    _check_binary(op, a, b)
     if not is_torch(a):
         return _C.binary_dense(OP_CODES[op], a, b)
     import torch
@@ -85,6 +87,11 @@ def binary_dense(op: str, a, b):
 
 def not_blocks(words, pixels_per_image: int):
     """~words [m, wpi] per image block, padding bits zero."""
+    _check_words("not_blocks", words)
+    wpi = words.shape[1]
+    if pixels_per_image < 1 or (pixels_per_image + 63) // 64 != wpi:
+        raise InputError(f"not_blocks: pixels_per_image {pixels_per_image} does not fill {wpi} words per "
+                         "image")
     if not is_torch(words):
         return _C.not_blocks(words, pixels_per_image)
     import torch
@@ -119,6 +126,27 @@ def combine_blocks(ops, a, ia, b, ib):
     out = torch.empty((m, a.shape[1]), dtype=torch.int64, device=a.device)
     fn(ptr(ops_d), ptr(a), ptr(ia_d), ptr(b), ptr(ib_d), m, a.shape[1], ptr(out), stream)
     return out
+
+
+# Every primitive's arguments are checked here, once, before any backend: the CUDA bindings take plain
+# pointers, so a shape the CPU binding would refuse must never reach them.
+def _check_words(name: str, words) -> None:
+    """words must be a 2-d array [rows, words per row]."""
+    if len(words.shape) != 2:
+        raise InputError(f"{name}: words must be [rows, words per row], got shape {tuple(words.shape)}")
+
+
+def _check_binary(op: str, a, b) -> None:
+    """binary_dense's arguments: a known op, [na, k] and [nb, k] with na == nb or one of them 1."""
+    if op not in OP_CODES:
+        raise InputError(f"binary_dense: op must be one of {sorted(OP_CODES)}, got {op!r}")
+    _check_words("binary_dense", a)
+    _check_words("binary_dense", b)
+    if a.shape[1] != b.shape[1]:
+        raise InputError(f"binary_dense: A and B words per row differ: {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
+        raise InputError(f"binary_dense: A and B row counts {a.shape[0]} and {b.shape[0]} must match, or one "
+                         "must be 1")
 
 
 def _check_combine(codes: np.ndarray, a, ia: np.ndarray, b, ib: np.ndarray) -> None:

@@ -3,9 +3,10 @@
 
 The default model is a small CNN trained on the synthetic concept world to predict which concepts an
 image contains (multi-label), on the CPU in about a minute, and cached. It comes with planted units:
-extra channels appended to ``conv4`` whose activation is a known formula of the probe's exact
-concept maps (area-averaged to the layer's resolution, scaled by a random strength per image, plus
-noise), so every run can report how many planted explanations it recovered. They exist only where
+extra channels appended to ``conv4`` whose activation is a known function of the probe's exact
+concept maps (formulas whose region fits the dissection's top quantile, concept detectors, linear
+mixtures; see :func:`neurcore.activations.planted_maps`), so every run can report how many planted
+explanations it recovered. They exist only where
 the probe has exact concept maps (the synthetic world). ``default-circuit`` is the same model with
 a class wired through known channels (:func:`planted_circuit_model`).
 """
@@ -14,6 +15,7 @@ from ._default import (
                        CIRCUIT_CLASS,
                        CIRCUIT_FAN_IN,
                        DEFAULT_PLANTED,
+                       DEFAULT_PLANTED_DETECTORS,
                        DEFAULT_PLANTED_LINEAR,
                        default_model,
                        planted_circuit_model,
@@ -35,6 +37,7 @@ __all__ = [
     "planted_circuit_model",
     "TORCHVISION_MODELS",
     "DEFAULT_PLANTED",
+    "DEFAULT_PLANTED_DETECTORS",
     "DEFAULT_PLANTED_LINEAR",
     "CIRCUIT_CLASS",
     "CIRCUIT_FAN_IN",

@@ -14,24 +14,35 @@ from ..rules.formula import parse
 from ._layers import hooked
 from ._spec import ModelSpec, PlantedUnit
 
-__all__ = ["DEFAULT_PLANTED", "DEFAULT_PLANTED_LINEAR", "CIRCUIT_CLASS", "CIRCUIT_FAN_IN", "default_model",
-           "planted_circuit_model"]
+__all__ = ["DEFAULT_PLANTED", "DEFAULT_PLANTED_DETECTORS", "DEFAULT_PLANTED_LINEAR", "CIRCUIT_CLASS",
+           "CIRCUIT_FAN_IN", "default_model", "planted_circuit_model"]
 
 DEFAULT_TRAIN_IMAGES = 4000
 DEFAULT_TRAIN_SEED = 12345
 DEFAULT_EPOCHS = 6
 _DEFAULT_VERSION = 1
 
-#: Planted units of the default model, appended to conv4: single concepts and length-2/3
-#: formulas whose every prefix is itself a good explanation (the regime beam search covers).
+#: Planted formula units of the default model, appended to conv4, each identifiable at the dissection's
+#: own thresholding (top quantile 0.005): on the default probe the cells each formula covers are
+#: fewer than the quantile, so the unit's mask is the formula's whole region (see
+#: :func:`neurcore.activations.planted_maps`). Only formulas that fit were chosen: ``cloud`` is the one
+#: concept rare enough, so most are conjunctions; they cover lengths 1-3 and every operator. Each is a
+#: left-deep formula whose prefixes are good explanations (the regime beam search covers), except the
+#: two OR units ``((A OR B) AND C)``, whose prefix ``A OR B`` is too large to enter a beam: only
+#: optimal search can find them.
 DEFAULT_PLANTED = [
-    "sky", "grass", "water", "circle", "triangle", "red", "striped", "room",
-    "(red AND circle)", "(sky OR water)", "(blue AND NOT sky)", "(square AND dotted)", "(grass OR sand)",
-    "(triangle AND NOT green)", "(wall AND NOT room)", "(yellow AND circle)",
-    "((sky OR cloud) AND NOT beach)", "((circle OR ring) AND NOT blue)", "((water OR sand) OR road)",
-    "((red AND square) OR bar)",
+    "cloud", "(circle AND purple)", "(triangle AND red)", "(square AND dotted)", "(field AND yellow)",
+    "(beach AND white)", "(street AND circle)", "(square AND blue)", "(bar AND red)", "(triangle AND orange)",
+    "(cloud AND NOT beach)", "((triangle AND red) AND NOT striped)", "((square AND blue) AND NOT room)",
+    "((circle AND white) AND NOT dotted)", "((red AND checkered) AND NOT square)",
+    "((triangle AND yellow) AND mountain)", "((yellow AND dotted) AND NOT beach)",
+    "((cloud AND NOT beach) AND NOT field)", "((green OR blue) AND circle)", "((orange OR gray) AND square)",
 ]
-#: Planted linear units of the default model, appended to conv4 after the formula units: mixtures of
+#: Planted single-concept detectors of the default model, appended to conv4 after the formula units:
+#: truths for labelling (CLIP-Dissect, SIEVE), not for rule search, as each concept covers more of the
+#: probe than the top quantile (the unit's mask is then only part of the concept).
+DEFAULT_PLANTED_DETECTORS = ["sky", "grass", "water", "circle", "triangle", "red", "striped", "room"]
+#: Planted linear units of the default model, appended to conv4 after the detectors: mixtures of
 #: concept maps with mixed signs (weights make each concept's share of the variance comparable:
 #: stuff covers about 40% of an image, an object about 5%).
 DEFAULT_PLANTED_LINEAR = [
@@ -73,6 +84,7 @@ def default_model(*, progress: bool = True) -> ModelSpec:
             torch.save(module.state_dict(), tmp)
     module.eval()
     planted = ([PlantedUnit("conv4", parse(f)) for f in DEFAULT_PLANTED]
+               + [PlantedUnit("conv4", parse(f), identifiable=False) for f in DEFAULT_PLANTED_DETECTORS]
                + [PlantedUnit("conv4", weights=w) for w in DEFAULT_PLANTED_LINEAR])
     return ModelSpec(module=module, name="default", input_size=64, mean=(0.5, 0.5, 0.5),
                      std=(0.25, 0.25, 0.25), planted=planted, classes=list(world.concept_names),

@@ -52,12 +52,19 @@ class ModelSpec:
 class PlantedUnit:
     """A unit appended to ``layer`` whose activation is ``formula`` of the probe's concept maps
     (a concept detector when the formula is one concept), or, when ``weights`` is given instead,
-    the linear mixture sum_k w_k * map_k of concept maps ((name, weight) pairs; LinEx's truth)."""
+    the linear mixture sum_k w_k * map_k of concept maps ((name, weight) pairs; LinEx's truth).
+
+    identifiable: whether rule search is judged on the unit: true when the formula's region fits
+    the dissection's top quantile and the unit is built so that its mask is the whole region; a
+    detector of a concept that covers more of the probe (its cover times a per-image strength) is a
+    truth for labelling (CLIP-Dissect, SIEVE) but not for rule search (see
+    :func:`neurcore.activations.planted_maps`)."""
 
     layer: str
     formula: Formula | None = None
     noise: float = 0.05
     weights: tuple[tuple[str, float], ...] | None = None
+    identifiable: bool = True
 
     def __post_init__(self):
         if (self.formula is None) == (self.weights is None):

@@ -22,12 +22,20 @@ import numpy as np
 
 from .._io import check_manifest, safe_name, write_json
 from ..activations import StreamedLayer, TopImages, layer_shapes, stream_unit_masks, unit_mask_blocks
-from ..engine import BitMasks, intersect_counts
+from ..engine import BitMasks
 from ..errors import InputError
 from ..models import PlantedUnit
 from ..probe import Probe
 from ..results import Explanation, read_jsonl, write_csv, write_jsonl
-from ..rules import METHODS, ClusteredSearch, ConceptSet, activation_ranges, range_masks, search
+from ..rules import (
+    METHODS,
+    ClusteredSearch,
+    ConceptSet,
+    activation_ranges,
+    planted_recovery,
+    range_masks,
+    search,
+)
 from ._setup import Setup
 from ._stages import Stages
 
@@ -291,11 +299,11 @@ def _part_file(layer_dir: str, start: int) -> str:
 
 def _judge_planted(results: list[Explanation], planted: list[PlantedUnit], layer: StreamedLayer,
                    concepts: ConceptSet, method: str) -> None:
-    """Record, on each planted formula unit (the layer's last units), its formula, that formula's IoU with the
-    unit's mask and whether the explanation found scores at least as well."""
+    """Record, on each planted formula unit (the layer's last units), whether the explanation found is
+    the planted formula (:func:`~neurcore.rules.planted_recovery`)."""
     first = len(layer.thresholds) - len(planted)
     for k, unit in enumerate(planted):
-        if unit.formula is None:  # a linear unit: LinEx's truth, not a formula's
+        if unit.formula is None or not unit.identifiable:  # LinEx's or labelling's truth, not rules'
             continue
         r = results[first + k]
         target = unit_mask_blocks(layer, range(first + k, first + k + 1))
@@ -303,12 +311,4 @@ def _judge_planted(results: list[Explanation], planted: list[PlantedUnit], layer
             maps = np.asarray(layer.acts[:, first + k])
             ranges = activation_ranges(maps, len(r.ranges))
             target = range_masks(maps, ranges, concepts.masks.image_shape)[len(ranges) - 1]
-        p_iou = _planted_iou(unit.formula, target, concepts)
-        r.planted = {"formula": str(unit.formula), "iou": p_iou, "recovered": r.iou >= p_iou}
-
-
-def _planted_iou(formula, unit_row: BitMasks, concepts: ConceptSet) -> float:
-    f = concepts.evaluate(formula)
-    inter = int(intersect_counts(f, unit_row)[0, 0])
-    union = int(f.count()[0]) + int(unit_row.count()[0]) - inter
-    return inter / union if union else 0.0
+        r.planted = planted_recovery(r.formula, r.iou, unit.formula, target, concepts)

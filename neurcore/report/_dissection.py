@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._io import write_text
+from ..results import planted_summary
+from ..rules import EXACT_MASK_IOU
 from ._html import (
     CSS,
     SORT_CSS,
@@ -80,9 +82,11 @@ def _unit_card(r, strip_html: str) -> str:
     planted = ""
     if r.planted:
         ok = r.planted["recovered"]
+        same = r.planted.get("mask_iou")
         planted = (f"<div class='{'ok' if ok else 'miss'}'>planted: <span class='formula'>"
                    f"{html.escape(r.planted['formula'])}</span> (IoU {r.planted['iou']:.3f}) — "
-                   f"{'recovered' if ok else 'not recovered'}</div>")
+                   f"{'recovered' if ok else 'not recovered'}"
+                   f"{'' if same is None else f' (masks overlap at IoU {same:.3f})'}</div>")
     return (f"<div class='unit' id='unit{u}'><b>unit {u}</b> — <span class='formula'>"
             f"{html.escape(r.formula or '(no concept overlaps this unit)')}</span> — IoU {r.iou:.3f}"
             f"{' — detector' if r.detector else ''}<div class='muted'>{_metrics_html(r)}</div>{planted}"
@@ -184,18 +188,23 @@ def _planted_table(planted_rows: list) -> str:
     """The index's table of planted units (layer, result) and how many were recovered; "" without any."""
     if not planted_rows:
         return ""
-    found = sum(r.planted["recovered"] for _, r in planted_rows)
-    total = len(planted_rows)
+
+    def yes_no(ok):
+        return f"<td class='{'ok' if ok else 'miss'}'>{'yes' if ok else 'no'}</td>"
+
     rows_html = "".join(
         f"<tr><td>{html.escape(layer)}</td><td>{r.unit}</td><td class='formula'>"
         f"{html.escape(r.planted['formula'])}</td><td>{r.planted['iou']:.3f}</td><td class='formula'>"
-        f"{html.escape(r.formula or '')}</td><td>{r.iou:.3f}</td>"
-        f"<td class='{'ok' if r.planted['recovered'] else 'miss'}'>"
-        f"{'yes' if r.planted['recovered'] else 'no'}</td></tr>" for layer, r in planted_rows)
-    return (f"<h2>Planted units</h2><p id='planted-recovery'>Recovered {found} of {total} planted units "
-            f"({100.0 * found / total:.1f}%): the explanation found scores at least the planted formula's "
-            "IoU.</p><table><tr><th>layer</th><th>unit</th><th>planted</th><th>IoU</th><th>found</th><th>IoU</th>"
-            f"<th>recovered</th></tr>{rows_html}</table>")
+        f"{html.escape(r.formula or '')}</td><td>{r.iou:.3f}</td><td>{r.planted.get('mask_iou', '-')}</td>"
+        f"{yes_no(r.planted['recovered'])}{yes_no(r.planted.get('iou_not_worse'))}</tr>"
+        for layer, r in planted_rows)
+    summary = planted_summary(r for _, r in planted_rows)
+    return (f"<h2>Planted units</h2><p id='planted-recovery'>{summary[0].upper()}{summary[1:]}. Recovered "
+            "means the planted formula was found: the found formula's mask on the probe equals the planted "
+            f"one's (IoU &ge; {EXACT_MASK_IOU}) or the two are logically equivalent.</p><table><tr>"
+            "<th>layer</th><th>unit</th><th>planted</th><th>IoU</th><th>found</th><th>IoU</th>"
+            "<th>masks' IoU</th><th>recovered</th><th>IoU not worse</th></tr>"
+            f"{rows_html}</table>")
 
 
 def _index_page(settings: dict, seconds: float | None, sections: list[str]) -> str:

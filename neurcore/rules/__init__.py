@@ -12,6 +12,8 @@ and every result is an :class:`~neurcore.results.Explanation`.
 - :class:`ClusteredSearch`: one formula per activation range with the MMESH heuristic (La Rosa,
   Gilpin, Capobianco, "Towards a fuller understanding of neurons with Clustered Compositional
   Explanations", NeurIPS 2023).
+- :func:`planted_recovery`: whether an explanation found a planted formula (its mask, not only its
+  score).
 - :func:`search`: one entry point for all four; :func:`search_npz` reads its inputs from ``.npz``
   files (``neurcore search``).
 - :mod:`neurcore.rules.formula`: formula trees and their syntax; :mod:`neurcore.rules.reference`:
@@ -24,8 +26,9 @@ from ._concepts import ConceptSet
 from ._counts import DETECTOR_THRESHOLD, OPERATORS, candidate_counts, iou_of
 from ._dissection import NetworkDissection
 from ._optimal import OptimalSearch
+from ._recovery import EXACT_MASK_IOU, mask_iou, planted_recovery
 from ._search import METHODS, search
-from .formula import And, AndNot, Formula, Leaf, Not, Or, parse, quote
+from .formula import And, AndNot, Formula, Leaf, Not, Or, equivalent, parse, quote
 from .npz import binarize_top_quantile, load_activations, load_concepts, load_units, search_npz
 
 __all__ = [
@@ -53,6 +56,10 @@ __all__ = [
     "AndNot",
     "parse",
     "quote",
+    "equivalent",
+    "planted_recovery",
+    "mask_iou",
+    "EXACT_MASK_IOU",
     "load_concepts",
     "load_units",
     "load_activations",

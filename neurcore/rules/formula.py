@@ -15,12 +15,15 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
+import numpy as np
+
 from ..errors import FormulaSyntaxError
 
 if TYPE_CHECKING:
     from ..engine import BitMasks
 
-__all__ = ["Formula", "Leaf", "Not", "And", "Or", "AndNot", "parse", "quote", "FormulaSyntaxError"]
+__all__ = ["Formula", "Leaf", "Not", "And", "Or", "AndNot", "parse", "quote", "equivalent",
+           "FormulaSyntaxError"]
 
 _KEYWORDS = {"AND", "OR", "NOT"}
 _NEEDS_QUOTES = re.compile(r'[\s()"\\]')
@@ -139,6 +142,15 @@ class AndNot(_Binary):
     def _eval(self, masks, index):
         left, right = self.left._eval(masks, index), self.right._eval(masks, index)
         return left.and_not(right) if hasattr(left, "and_not") else left & ~right
+
+
+def equivalent(a: Formula, b: Formula) -> bool:
+    """Whether two formulas are logically equivalent: equal on every truth assignment of their
+    concepts (2**k assignments of the k distinct concepts in either)."""
+    names = sorted(set(a.leaves()) | set(b.leaves()))
+    k = len(names)
+    table = (np.arange(2 ** k)[None, :] >> np.arange(k)[:, None]) & 1 == 1  # bool [k, 2**k]
+    return bool(np.array_equal(a.evaluate(table, names), b.evaluate(table, names)))
 
 
 _TOKEN = re.compile(r'\s*(?:(?P<lp>\()|(?P<rp>\))|"(?P<q>(?:[^"\\]|\\.)*)"|(?P<word>[^\s()"]+))')
