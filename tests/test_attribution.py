@@ -47,7 +47,7 @@ def test_integrated_gradients_equals_captum(method, backend):
         ours, delta = A.IntegratedGradients(net, backend=backend).attribute(
             x, base, target=target, n_steps=20, method=method, return_convergence_delta=True)
         close(ours, ref)
-        assert torch.allclose(delta, ref_delta.double(), atol=1e-4)
+        assert delta.dtype == ref_delta.dtype and torch.allclose(delta, ref_delta, atol=1e-4)
 
 
 def test_chunking_and_internal_batch_size_do_not_change_results():
@@ -67,7 +67,8 @@ def test_tuple_inputs_additional_args_and_scalar_outputs():
         return (lin(a * b) * scale).squeeze(1)
 
     a, b, scale = torch.randn(4, 5), torch.randn(4, 5), torch.rand(4, 1) + 0.5
-    ref = captum_attr.IntegratedGradients(f).attribute((a, b), baselines=(0.0, 0.5), additional_forward_args=(scale,))
+    ref = captum_attr.IntegratedGradients(f).attribute((a, b), baselines=(0.0, 0.5),
+                                                       additional_forward_args=(scale,))
     ours = A.IntegratedGradients(f).attribute((a, b), baselines=(0.0, 0.5), additional_forward_args=(scale,))
     assert isinstance(ours, tuple) and len(ours) == 2
     for o, r in zip(ours, ref):
@@ -96,8 +97,9 @@ def test_layer_integrated_gradients_equals_captum(method):
     ours, delta = A.LayerIntegratedGradients(net, net[3]).attribute(
         x, base, target=[1, 2], n_steps=24, method=method, return_convergence_delta=True)
     close(ours, ref)
-    assert torch.allclose(delta, ref_delta.double(), atol=1e-4)
-    by_name = A.LayerIntegratedGradients(net, "3").attribute(x, base, target=[1, 2], n_steps=24, method=method)
+    assert delta.dtype == ref_delta.dtype and torch.allclose(delta, ref_delta, atol=1e-4)
+    by_name = A.LayerIntegratedGradients(net, "3").attribute(x, base, target=[1, 2], n_steps=24,
+                                                             method=method)
     close(by_name, ours, 1e-7)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..errors import InputError
 from ._fused import ig_accumulate
-from ._integrated_gradients import CHUNK_BYTES, quadrature
 from ._layer_function import layer_function, restrict_output
+from ._quadrature import CHUNK_BYTES, quadrature
 
 if TYPE_CHECKING:
     import torch
