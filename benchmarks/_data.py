@@ -62,3 +62,23 @@ def broden_like_concepts(rng, n_images=22210, side=112, n_pixel=1000, n_scene=10
         masks = np.concatenate([masks, np.ones((b, side, side), bool)])
         builder.append_sparse(b, rows, images, masks)
     return builder.finish()
+
+
+def planted_layer(directory, n_units: int = 400, first: tuple = ()):
+    """The planted layer of the search benchmarks (seed 0): 48 blob concepts over 1,500 images x
+    16 x 16 and ``n_units`` units planted with formulas of length 1-3, 3% of their pixels flipped,
+    written as ``neurcore search`` reads them: ``directory/C.npz`` and ``directory/U.npz``, plus
+    ``U-first{k}.npz`` holding the first k units for each k in ``first``.
+    Returns (concepts, units, planted formulas)."""
+    from neurcore.testing import blob_concepts, plant_units
+
+    rng = np.random.default_rng(0)
+    concepts = blob_concepts(rng, 48, 1500, (16, 16))
+    units, formulas = plant_units(rng, concepts, n_units, lengths=(1, 2, 3), noise=0.03)
+    np.savez(f"{directory}/C.npz", masks=concepts.masks.to_dense(), names=np.array(concepts.names),
+             categories=np.array(concepts.categories))
+    dense = units.to_dense()
+    np.savez(f"{directory}/U.npz", masks=dense)
+    for k in first:
+        np.savez(f"{directory}/U-first{k}.npz", masks=dense[:k])
+    return concepts, units, formulas
