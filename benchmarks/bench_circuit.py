@@ -10,6 +10,10 @@ weights, 2 upper neurons: the Captum loop costs seconds per neuron there). Peak 
 process's resident set sampled every millisecond, minus its value before the call (after freed heap
 pages are given back to the OS, so memory the allocator reuses counts).
 Devices: cpu, and cuda when a GPU is usable (set NEURCORE_BENCH_DEVICES=cuda to run only that).
+
+``test_planted_circuit`` runs ``neurcore circuit`` at its defaults on ``default-circuit`` (the planted
+circuit with distractors) by NeurFlow and NeuCEPT and reports precision and recall per layer and the
+fidelity rows (``-k planted_circuit`` runs it alone, about 3 minutes here).
 """
 
 import contextlib
@@ -80,9 +84,9 @@ def _workload(name, device):
         crops = torch.randn(120, 3, 224, 224, generator=g).to(device)
         lower, upper, n_targets = "layer3.0", "layer3.1", 2
     else:
+        from neurcore.circuits import crop_grid, make_crops
         from neurcore.models import load_model
         from neurcore.probe import open_probe
-        from neurcore.circuits import crop_grid, make_crops
 
         spec = load_model("default", progress=False)
         model = spec.module.to(device)
@@ -303,3 +307,34 @@ def test_whole_circuit(benchmark, circuit_case, how):
     shared[how] = flow.core_neurons()
     if len(shared) == 2:  # the same circuit either way
         assert shared["neurcore"] == shared["captum"]
+
+
+@pytest.mark.parametrize("method", ["neurflow", "neucept"])
+def test_planted_circuit(benchmark, tmp_path, method):
+    """``neurcore circuit`` at its defaults on ``default-circuit`` (the planted circuit with distractors,
+    conv4 > conv3): precision and recall per layer at NeurFlow's tau (16) or NeuCEPT's target FDR (0.1),
+    and the fidelity rows' logit drops. Checked: NeurFlow's recall >= 0.9 at precision >= 0.8 on both
+    layers. NeuCEPT's FDR is not checkable on this model (every conv4 channel is a dependence of the
+    logit); ``bench_neucept_fdr.py`` measures it where the knockoff null holds."""
+    from neurcore.models import load_model
+    from neurcore.pipelines import circuit
+
+    load_model("default-circuit", progress=False)  # built and cached outside the timing
+
+    def run():
+        return circuit("default-circuit", None, ["conv4", "conv3"], str(tmp_path / method), method=method,
+                       progress=False)
+
+    benchmark.group = "planted circuit with distractors (default-circuit), CLI defaults"
+    doc = benchmark.pedantic(run, rounds=1, iterations=1)
+    info = {f"{layer} precision / recall": f"{m['precision']:.3f} / {m['recall']:.3f} (found {m['found']}, "
+            f"true {m['true']})" for layer, m in doc["metrics"].items()}
+    for r in doc["fidelity"]:
+        info[f"fidelity {r['layer']} {r['scope']} {r['mode']}"] = (
+            f"accuracy {r['core']:.3f} vs {r['random_mean']:.3f} +- {r['random_std']:.3f}; logit drop "
+            f"{r['core_logit_drop']:.1%} vs {r['random_logit_drop']:.1%} (sd {r['random_logit_std']:.3f}), "
+            f"{r['logit_z']} sds")
+    benchmark.extra_info.update(role="neurcore", per="circuit", work=1, **info)
+    if method == "neurflow":
+        for layer, m in doc["metrics"].items():
+            assert m["recall"] >= 0.9 and m["precision"] >= 0.8, (layer, m)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from neurcore.errors import InputError
 from neurcore.report import write_circuit_html
 from neurcore.report._circuit import CARD_H, CARD_W, MAX_THUMBS
-from neurcore.errors import InputError
 
 ODD = 'layer<1>&"x"'  # a layer name that must be escaped everywhere it appears
 CROP_COLOUR = (255, 0, 255)  # magenta: nothing else on the page has it
@@ -53,11 +53,20 @@ def small_circuit(out_dir):
     return {"model": "default", "class": "circle", "class_index": 5, "method": "neurflow",
             "layers": ["head", ODD, "conv3"], "nodes": nodes, "edges": edges,
             "truth": {ODD: [12, 40], "conv3": [3, 9]},
-            "metrics": {ODD: {"precision": 0.5, "recall": 1.0}, "conv3": {"precision": 2 / 3, "recall": 1.0}},
+            "metrics": {ODD: {"precision": 0.5, "recall": 1.0, "tau": 16},
+                        "conv3": {"precision": 2 / 3, "recall": 1.0, "target_fdr": 0.1,
+                                  "empirical_fdr": None}},
             "fidelity": [{"layer": ODD, "mode": "mask", "core": 0.12, "random_mean": 0.85, "random_std": 0.03,
                           "k": 16},
-                         {"layer": "conv3", "mode": "retain", "core": 0.7, "random_mean": 0.2, "random_std": 0.0,
-                          "k": 8}]}
+                         {"layer": "conv3", "scope": "layer", "mode": "mask", "core": 1.0, "random_mean": 1.0,
+                          "random_std": 0.0, "k": 8, "core_logit": 0.125, "random_logit_mean": 0.979,
+                          "random_logit_std": 0.030, "core_logit_drop": 0.875, "random_logit_drop": 0.021,
+                          "logit_z": -28.36},
+                         {"layer": "conv3", "scope": "layer", "mode": "retain", "core": 0.7,
+                          "random_mean": 0.2, "random_std": 0.0, "k": 8, "core_logit": 0.9,
+                          "random_logit_mean": 0.7,
+                          "random_logit_std": 0.1, "core_logit_drop": 0.1, "random_logit_drop": 0.3,
+                          "logit_z": 2.0}]}
 
 
 class Page(HTMLParser):
@@ -149,6 +158,22 @@ def test_cards_edges_and_images(tmp_path):
     assert html_escaped(ODD) in text and "&lt;b&gt;round&lt;/b&gt; &amp; edges" in text
     assert "data-images-loaded" in text
     assert "<table id='truth'>" in text and "<table id='fidelity'>" in text and "0.667" in text
+    assert "tau 16" in text and "target FDR 0.100" in text and "not checkable" in text
+
+
+def test_fidelity_shows_the_logit_where_accuracy_saturates(tmp_path):
+    """A mask row whose accuracy is 1.000 for core and random sets alike still shows the core apart:
+    its logit, the random sets' mean ± std, the drops and the distance in random sds (bold beyond 3);
+    a row without logit fields shows dashes."""
+    path = write_circuit_html(tmp_path, small_circuit(tmp_path))
+    table = re.search(r"<table id='fidelity'>(.*?)</table>", path.read_text(encoding="utf-8")).group(1)
+    rows = [re.findall(r"<td>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", table)[1:]]
+    assert len(rows) == 3 and all(len(r) == 11 for r in rows)
+    old, saturated, retain = rows
+    assert old[7:] == ["-", "-", "-", "-"] and old[6] == "-24.3"
+    assert saturated[4:7] == ["1.000", "1.000 ± 0.000", "-"]
+    assert saturated[7:] == ["0.125", "0.979 ± 0.030", "87.5% / 2.1%", "<b>-28.4</b>"]
+    assert retain[10] == "+2.0"
 
 
 def html_escaped(s):

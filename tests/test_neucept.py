@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("knockpy")
 from sklearn.metrics import adjusted_rand_score
 
-from neurcore.errors import InputError
 from neurcore.circuits import CLUSTER_METHODS, critical_neurons, label_entropy, mechanisms
+from neurcore.errors import InputError
 
 
 @pytest.fixture(autouse=True)

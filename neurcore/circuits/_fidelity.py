@@ -114,33 +114,23 @@ def fidelity(spec: ModelSpec, images: np.ndarray, c: int, core: dict[str, list[i
     """NeurFlow's fidelity: the fraction of ``images`` (of class c, all right before) still predicted
     as c when a layer's core neurons are masked (set to 0) or alone retained, against ``n_random``
     random sets of the same size; per layer and cumulatively (every layer from the top down to it).
-    Also the class's mean logit as a fraction of its unmasked mean (``core_logit``,
-    ``random_logit_mean``), which still moves where a positive bias keeps every image predicted.
     ``core``: {layer: neurons}, top to bottom; ``channels``: {layer: channel count}.
+
+    Where the decision is saturated (every image still predicted, core and random alike), accuracy
+    cannot tell the core from chance, so each row also has the class's mean logit as a fraction of its
+    unmasked mean ``base_logit`` (``core_logit``; ``random_logit_mean``, ``random_logit_std``), the
+    fraction of the logit lost (``core_logit_drop``, ``random_logit_drop`` = 1 - the fraction) and the
+    core's distance from the random sets in random standard deviations, ``logit_z`` =
+    (core_logit - random_logit_mean) / random_logit_std (None when the std is 0).
 
     NeurFlow ("NeurFlow: Interpreting Neural Networks through Neuron Groups and Functional
     Interactions", ICLR 2025). One row per layer, scope ("layer", "cumulative") and mode ("mask",
-    "retain"): the core set's score, the random sets' mean and std, their logit fractions, k, and
-    the numbers of random sets and images; scores rounded to 4 decimals.
+    "retain"): the core set's accuracy, the random sets' mean and sample standard deviation, the
+    logit columns above, k, and the numbers of random sets and images; scores rounded to 4 decimals.
     """
-    import torch
-
     rng = np.random.default_rng(seed)
-    rows = []
-
     base_logit = float(forward_logits(spec, images, device)[:, c].mean())
-
-    def scores(masks):
-        """(fraction still predicted as c, mean class logit as a fraction of the unmasked mean)"""
-        with ChannelMask(spec.module, masks):
-            logits = forward_logits(spec, images, device)
-        return float(predicted(spec, logits, c).float().mean()), float(logits[:, c].mean()) / base_logit
-
-    def mask_of(layer, neurons, mode):
-        m = torch.zeros(channels[layer]) if mode == "retain" else torch.ones(channels[layer])
-        m[list(neurons)] = 1.0 if mode == "retain" else 0.0
-        return m
-
+    rows = []
     layers = list(core)
     for depth, layer in enumerate(layers):
         for scope in ("layer", "cumulative"):
@@ -148,17 +138,49 @@ def fidelity(spec: ModelSpec, images: np.ndarray, c: int, core: dict[str, list[i
                 continue
             scope_layers = layers[: depth + 1] if scope == "cumulative" else [layer]
             for mode in ("mask", "retain"):
-                got, got_logit = scores({name: mask_of(name, core[name], mode) for name in scope_layers})
-                randoms = np.array([scores({name: mask_of(name, rng.choice(channels[name], len(core[name]),
-                                                                           replace=False), mode)
-                                            for name in scope_layers}) for _ in range(n_random)])
+                core_masks = {name: _mask_of(channels[name], core[name], mode) for name in scope_layers}
+                got = _masked_scores(spec, images, c, base_logit, core_masks, device)
+                randoms = np.array([
+                    _masked_scores(spec, images, c, base_logit,
+                                   {name: _mask_of(channels[name], rng.choice(channels[name], len(core[name]),
+                                                                              replace=False), mode)
+                                    for name in scope_layers}, device)
+                    for _ in range(n_random)])
                 rows.append({"layer": layer, "scope": scope, "mode": mode, "k": len(core[layer]),
-                             "core": round(got, 4), "random_mean": round(float(randoms[:, 0].mean()), 4),
-                             "random_std": round(float(randoms[:, 0].std()), 4),
-                             "core_logit": round(got_logit, 4),
-                             "random_logit_mean": round(float(randoms[:, 1].mean()), 4), "n_random": n_random,
-                             "n_images": len(images)})
+                             **_fidelity_scores(got, randoms), "base_logit": round(base_logit, 4),
+                             "n_random": n_random, "n_images": len(images)})
     return rows
+
+
+def _mask_of(n_channels: int, neurons, mode: str):
+    """float [n_channels]: 1 on ``neurons`` and 0 elsewhere ("retain"), or the reverse ("mask")."""
+    import torch
+
+    m = torch.zeros(n_channels) if mode == "retain" else torch.ones(n_channels)
+    m[list(neurons)] = 1.0 if mode == "retain" else 0.0
+    return m
+
+
+def _masked_scores(spec: ModelSpec, images: np.ndarray, c: int, base_logit: float, masks: dict,
+                   device) -> tuple[float, float]:
+    """(fraction of ``images`` still predicted as c, mean class logit as a fraction of ``base_logit``)
+    with ``masks`` applied."""
+    with ChannelMask(spec.module, masks):
+        logits = forward_logits(spec, images, device)
+    return float(predicted(spec, logits, c).float().mean()), float(logits[:, c].mean()) / base_logit
+
+
+def _fidelity_scores(got: tuple[float, float], randoms: np.ndarray) -> dict:
+    """A fidelity row's scores from the core set's (accuracy, logit fraction) and the random sets'
+    [n_random, 2]: means, sample standard deviations (0 for one set), drops and the logit's z."""
+    std = randoms.std(0, ddof=1) if len(randoms) > 1 else np.zeros(2)
+    mean = randoms.mean(0)
+    z = (got[1] - mean[1]) / std[1] if std[1] > 0 else None
+    return {"core": round(got[0], 4), "random_mean": round(float(mean[0]), 4),
+            "random_std": round(float(std[0]), 4), "core_logit": round(got[1], 4),
+            "random_logit_mean": round(float(mean[1]), 4), "random_logit_std": round(float(std[1]), 4),
+            "core_logit_drop": round(1 - got[1], 4), "random_logit_drop": round(1 - float(mean[1]), 4),
+            "logit_z": None if z is None else round(float(z), 2)}
 
 
 def layer_means(spec: ModelSpec, images: np.ndarray, layers: Sequence[str],

@@ -1,12 +1,24 @@
 """``neurcore circuit``: the circuit of one class, by NeurFlow or NeuCEPT, written to a folder.
 
 Outputs (each replaced atomically): ``circuit.json`` (layers top to bottom, nodes with member
-neurons and exemplar crops, weighted edges, planted truth and precision/recall when the model has
-a planted circuit), ``fidelity.csv`` (accuracy on the class's images when the core neurons are
-masked or alone retained, against random sets of equal size, per layer and cumulatively from the
-classifier down), ``results.jsonl`` (one row per circuit neuron in the shared schema),
-``circuit.html`` and ``crops/``. Finished layers are kept under ``parts/`` and reused by a rerun
-with the same settings.
+neurons and exemplar crops, weighted edges, the fidelity rows, and, when the model has a planted
+circuit of the class, its truth and per layer ``metrics``: precision and recall of the core
+neurons at NeurFlow's ``tau`` or NeuCEPT's target ``fdr``, and NeuCEPT's empirical false discovery
+rate on layers where the knockoff null holds exactly), ``fidelity.csv``, ``results.jsonl`` (one
+row per circuit neuron in the shared schema), ``circuit.html`` and ``crops/``. Finished layers are
+kept under ``parts/`` and reused by a rerun with the same settings.
+
+``fidelity.csv`` (:func:`neurcore.circuits.fidelity`) has one row per layer, scope and mode, on the
+class's images when the core neurons are masked or alone retained, against random sets of equal
+size, per layer and cumulatively from the classifier down. Columns: ``layer``; ``scope`` ("layer" or
+"cumulative"); ``mode`` ("mask" or "retain"); ``k`` (core neurons of the layer); ``core``,
+``random_mean``, ``random_std`` (fraction of the images still predicted as the class: core set,
+random sets' mean and sample std); ``core_logit``, ``random_logit_mean``, ``random_logit_std``
+(the class's mean logit as a fraction of ``base_logit``); ``core_logit_drop``,
+``random_logit_drop`` (1 - those fractions: the share of the logit lost); ``logit_z``
+((core_logit - random_logit_mean) / random_logit_std, empty when the std is 0: how many random
+standard deviations the core set is from chance, which still separates them where accuracy is
+saturated); ``base_logit`` (the unmasked mean class logit); ``n_random``; ``n_images``.
 """
 
 from __future__ import annotations
@@ -42,7 +54,8 @@ __all__ = ["circuit"]
 
 METHODS = ("neurflow", "neucept")
 FIDELITY_COLUMNS = ["layer", "scope", "mode", "k", "core", "random_mean", "random_std", "core_logit",
-                    "random_logit_mean", "n_random", "n_images"]
+                    "random_logit_mean", "random_logit_std", "core_logit_drop", "random_logit_drop",
+                    "logit_z", "base_logit", "n_random", "n_images"]
 
 
 def _precision_recall(found, truth) -> dict:
@@ -50,6 +63,16 @@ def _precision_recall(found, truth) -> dict:
     hit = len(found & truth)
     return {"precision": round(hit / len(found), 4) if found else 0.0,
             "recall": round(hit / len(truth), 4) if truth else 1.0, "found": len(found), "true": len(truth)}
+
+
+def _empirical_fdr(runs: list[list[int]], truth: list[int], layer: str, planted: dict) -> float | None:
+    """NeuCEPT's false discovery proportion against the planted truth, averaged over the runs, on a layer
+    where every non-circuit channel is an exact knockoff null (``planted["exact_null_layers"]``); None
+    elsewhere: there a non-circuit channel the output depends on is a true discovery for the knockoffs,
+    so the FDR they control is not the share of selections outside the planted circuit."""
+    if layer not in planted.get("exact_null_layers", []):
+        return None
+    return round(float(np.mean([len(set(r) - set(truth)) / max(1, len(r)) for r in runs])), 4)
 
 
 def _save_png(path: str, image: np.ndarray) -> None:
@@ -94,7 +117,8 @@ def circuit(model: str | ModelSpec = "default", class_name: str | None = None,
         doc, rows, core = _neucept(spec, probe, images, c, layers, out, parts, fdr, n_runs, device)
     doc.update({"model": spec.name, "class": class_name, "class_index": c, "method": method,
                 "n_images": int(len(images))})
-    _add_truth(doc, spec, class_name, layers, core)
+    _add_truth(doc, spec, class_name, layers, core,
+               {"tau": tau} if method == "neurflow" else {"target_fdr": fdr})
     doc["fidelity"] = fidelity(spec, images, c, {k: v for k, v in core.items() if v}, channels,
                                n_random=n_random, device=device)
     _write_circuit(out, doc, rows)
@@ -141,14 +165,16 @@ def _check_manifest(out: str, settings: dict) -> None:
     write_json(manifest, settings)
 
 
-def _add_truth(doc: dict, spec: ModelSpec, class_name: str, layers: list[str], core: dict) -> None:
-    """With a planted circuit of this class: its truth per layer, and the precision and recall of the core."""
+def _add_truth(doc: dict, spec: ModelSpec, class_name: str, layers: list[str], core: dict,
+               setting: dict) -> None:
+    """With a planted circuit of this class: its truth per layer, and the precision and recall of the
+    core at ``setting`` (NeurFlow's tau or NeuCEPT's fdr), beside any metrics the method added."""
     if not (spec.circuit and spec.circuit.get("class") == class_name):
         return
     truth = {k: v for k, v in spec.circuit.items() if k in layers}
     doc["truth"] = truth
     metrics = doc.get("metrics", {})
-    doc["metrics"] = {name: {**_precision_recall(core.get(name, []), t), **metrics.get(name, {})}
+    doc["metrics"] = {name: {**_precision_recall(core.get(name, []), t), **setting, **metrics.get(name, {})}
                       for name, t in truth.items()}
 
 
@@ -237,9 +263,8 @@ def _neucept(spec: ModelSpec, probe: Probe, class_imgs: np.ndarray, c: int, laye
         core[layer] = selected
         planted = spec.circuit or {}
         truth = planted.get(layer) if planted.get("class") == spec.classes[c] else None
-        if truth is not None and layer in spec.circuit.get("exact_null_layers", []):
-            false = [len(set(r) - set(truth)) / max(1, len(r)) for r in saved["runs"]]
-            metrics[layer] = {"empirical_fdr": round(float(np.mean(false)), 4), "target_fdr": fdr}
+        if truth is not None:
+            metrics[layer] = {"empirical_fdr": _empirical_fdr(saved["runs"], truth, layer, spec.circuit)}
         order = np.argsort(-class_means[layer][:, selected].mean(1), kind="stable")[:5] if selected else []
         crops = []
         for j, i in enumerate(order):

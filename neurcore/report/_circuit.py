@@ -15,9 +15,17 @@ Schema (fields beyond ``layers``, ``nodes`` and ``edges`` are optional)::
                 "importance": float, "label": str | None}, ...],
      "edges": [{"source": id, "target": id, "weight": float >= 0}, ...],   # source: upper node
      "truth": {layer: [neuron, ...]},            # planted true core neurons
-     "metrics": {layer: {"precision": float, "recall": float}},
-     "fidelity": [{"layer": str, "mode": "mask" | "retain", "core": float, "random_mean": float,
-                   "random_std": float, "k": int}, ...]}
+     "metrics": {layer: {"precision": float, "recall": float,
+                         "tau": int,                        # NeurFlow: core neurons kept per neuron
+                         "target_fdr": float,               # NeuCEPT: the knockoffs' target FDR
+                         "empirical_fdr": float | None}},   # None: not checkable on this layer
+     "fidelity": [{"layer": str, "scope": str, "mode": "mask" | "retain", "k": int, "core": float,
+                   "random_mean": float, "random_std": float, "core_logit": float,
+                   "random_logit_mean": float, "random_logit_std": float, "core_logit_drop": float,
+                   "random_logit_drop": float, "logit_z": float | None}, ...]}
+
+The fidelity rows' logit fields (see :func:`neurcore.circuits.fidelity`) are optional; the table shows
+them where present.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px soli
 .card .thumbs {{ white-space: nowrap; }} \
 .card .thumbs img {{ margin: 2px 2px 2px 0; border: 1px solid #ddd; }}
 .card a {{ color: #204a87; }}
+#fidelity td {{ white-space: nowrap; }}
 """
 
 
@@ -267,6 +276,7 @@ def _card(node, index, pos, children, id_index, true_set, max_importance) -> str
 def _truth_html(layers, circuit, nodes) -> str:
     truth = circuit.get("truth") or {}
     metrics = circuit.get("metrics") or {}
+    with_fdr = any(isinstance(m, dict) and "empirical_fdr" in m for m in metrics.values())
     rows = []
     for name in layers:
         if name not in truth and name not in metrics:
@@ -281,34 +291,81 @@ def _truth_html(layers, circuit, nodes) -> str:
             f"<td class='{'miss' if missed else 'ok'}'>"
             f"{_e(', '.join(map(str, missed))) if missed else 'none'}</td>"
             f"<td>{_num(m['precision']) if 'precision' in m else '-'}</td>"
-            f"<td>{_num(m['recall']) if 'recall' in m else '-'}</td></tr>")
+            f"<td>{_num(m['recall']) if 'recall' in m else '-'}</td>"
+            f"<td>{_setting(m)}</td>" + (f"<td>{_fdr_cell(m)}</td>" if with_fdr else "") + "</tr>")
     if not rows:
         return ""
     return ("<h2>Planted core neurons</h2><p>Neurons on the cards: <span class='ok'>green</span> are planted "
-            "core neurons, <span class='miss'>red</span> are not.</p><table id='truth'><tr><th>layer</th>"
+            "core neurons, <span class='miss'>red</span> are not. Precision and recall are at the method's "
+            "setting (NeurFlow's tau, NeuCEPT's target FDR). NeuCEPT's empirical FDR (selections outside the "
+            "planted circuit) is checkable only on a layer where every other channel is an exact knockoff "
+            "null; where the output depends on other channels too, they are true discoveries for the "
+            "knockoffs.</p><table id='truth'><tr><th>layer</th>"
             "<th>neurons in circuit</th><th>true core</th><th>missed</th><th>precision</th>"
-            "<th>recall</th></tr>"
+            "<th>recall</th><th>at</th>" + ("<th>empirical FDR</th>" if with_fdr else "") + "</tr>"
             + "".join(rows) + "</table>")
+
+
+def _setting(m: dict) -> str:
+    """The method's setting behind a layer's metrics: tau or target FDR."""
+    if "tau" in m:
+        return f"tau {_e(m['tau'])}"
+    if "target_fdr" in m:
+        return f"target FDR {_num(m['target_fdr'])}"
+    return "-"
+
+
+def _fdr_cell(m: dict) -> str:
+    """A layer's empirical FDR, 'not checkable' where the planted truth is not the knockoffs' nulls."""
+    if "empirical_fdr" not in m:
+        return "-"
+    if m["empirical_fdr"] is None:
+        return "<span class='muted'>not checkable</span>"
+    return _num(m["empirical_fdr"])
 
 
 def _fidelity_html(circuit) -> str:
     fidelity = circuit.get("fidelity") or []
     if not fidelity:
         return ""
-    rows = []
-    for f in fidelity:
-        core, mean, std = f.get("core"), f.get("random_mean"), f.get("random_std")
-        z = "-"
-        if all(isinstance(v, (int, float)) for v in (core, mean, std)) and std > 0:
-            z = f"{(core - mean) / std:+.1f}"
-        rows.append(f"<tr><td>{_e(f.get('layer', ''))}</td><td>{_e(f.get('mode', ''))}</td>"
-                    f"<td>{_e(f.get('k', ''))}</td><td>{_num(core)}</td><td>{_num(mean)}</td>"
-                    f"<td>{_num(std)}</td><td>{z}</td></tr>")
     return ("<h2>Fidelity</h2><p>The class output with the circuit's neurons masked (<i>mask</i>) or with "
-            "only them kept (<i>retain</i>), against the same for random sets of k neurons.</p>"
-            "<table id='fidelity'>"
-            "<tr><th>layer</th><th>mode</th><th>k</th><th>core</th><th>random mean</th><th>random std</th>"
-            "<th>(core − mean) / std</th></tr>" + "".join(rows) + "</table>")
+            "only them kept (<i>retain</i>), against the same for random sets of k neurons (mean ± sample "
+            "std): the share of the class's images still predicted, and the class's mean logit as a fraction "
+            "of its unmasked value. Where the decision is saturated (accuracy 1.000 for core and random sets "
+            "alike), the logit still separates them: <i>logit drop</i> is the share of the logit lost, "
+            "<i>sds</i> the core's distance from the random sets in their standard deviations (bold beyond "
+            "3).</p><table id='fidelity'><tr><th>layer</th><th>scope</th><th>mode</th><th>k</th>"
+            "<th>accuracy, core</th><th>accuracy, random</th><th>(core − mean) / std</th>"
+            "<th>logit, core</th><th>logit, random</th><th>logit drop, core / random</th>"
+            "<th>logit sds</th></tr>"
+            + "".join(_fidelity_row(f) for f in fidelity) + "</table>")
+
+
+def _is_real(*values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _fidelity_row(f: dict) -> str:
+    """One fidelity row: accuracy and logit, core against random sets; fields that are absent show '-'."""
+    core, mean, std = f.get("core"), f.get("random_mean"), f.get("random_std")
+    z = f"{(core - mean) / std:+.1f}" if _is_real(core, mean, std) and std > 0 else "-"
+    lcore, lmean, lstd = f.get("core_logit"), f.get("random_logit_mean"), f.get("random_logit_std")
+    drops = "-"
+    if _is_real(lcore, lmean):
+        drops = f"{f.get('core_logit_drop', 1 - lcore):.1%} / {f.get('random_logit_drop', 1 - lmean):.1%}"
+    lz = f.get("logit_z")
+    sds = (f"<b>{lz:+.1f}</b>" if abs(lz) > 3 else f"{lz:+.1f}") if _is_real(lz) else "-"
+    cells = [_e(f.get("layer", "")), _e(f.get("scope", "")), _e(f.get("mode", "")), _e(f.get("k", "")),
+             _num(core), _pm(mean, std), z, _num(lcore) if lcore is not None else "-", _pm(lmean, lstd),
+             drops, sds]
+    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def _pm(mean, std) -> str:
+    """'mean ± std', or what is known of it."""
+    if mean is None:
+        return "-"
+    return f"{_num(mean)} ± {_num(std)}" if std is not None else _num(mean)
 
 
 def _edges_svg(edges, pos, width: int, height: int) -> str:
