@@ -18,3 +18,6 @@ python3 -c "import neurcore, json; print(json.dumps(neurcore.backends(), default
 python3 -m pytest -p no:cacheprovider -q ${TESTS:-tests/test_cuda.py tests/test_triton.py} 2>&1 | tee "$OUT/tests.log" | tail -20
 python3 -m pytest -p no:cacheprovider -q ${BENCH:-benchmarks/bench_cuda.py} --benchmark-only \
   --benchmark-columns=median,iqr,rounds --benchmark-json="$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -${TAIL:-60}
+if [ -n "${E2E:-}" ]; then  # whole commands on the GPU against the CPU: same results, both timed
+  python3 benchmarks/device_e2e.py 2>&1 | tee "$OUT/e2e.log" | tail -12
+fi

@@ -15,7 +15,8 @@ The package follows the path of a run, probe -> activations -> masks -> search -
   API, NeurFlow and NeuCEPT.
 - :mod:`neurcore.results`: one result schema (:class:`Explanation`) for every method;
   :mod:`neurcore.report`: the HTML reports; :mod:`neurcore.pipelines`: the end-to-end runs
-  :func:`dissect`, :func:`label` and :func:`circuit`.
+  :func:`dissect`, :func:`label`, :func:`circuit` and :func:`compare`; :mod:`neurcore.formats`: the
+  field's result files (NetDissect-Lite, compexp, CLIP-Dissect, Neuronpedia), out and in.
 
 ``import neurcore`` is fast and does not import torch: the heavy families (attribution, labels,
 circuits) and the end-to-end runs load on first use.
@@ -48,10 +49,11 @@ _LAZY = {
     "dissect": ("neurcore.pipelines", "dissect"),
     "label": ("neurcore.pipelines", "label"),
     "circuit": ("neurcore.pipelines", "circuit"),
+    "compare": ("neurcore.pipelines", "compare"),
 }
 #: Subpackages reachable as attributes (``neurcore.labels``) without an explicit import.
 _SUBPACKAGES = ("engine", "rules", "probe", "models", "activations", "attribution", "circuits", "labels",
-                "pipelines", "report", "results", "errors", "clustering", "testing")
+                "pipelines", "report", "results", "errors", "clustering", "testing", "formats")
 
 __all__ = [
     "BitMasks",
@@ -72,6 +74,7 @@ __all__ = [
     "dissect",
     "label",
     "circuit",
+    "compare",
     "NeurcoreError",
     "InputError",
     "FormulaSyntaxError",

@@ -1,5 +1,5 @@
 """The ``neurcore`` command line: ``search`` (the backend other tools call), ``dissect``, ``label``,
-``circuit``, ``demo`` and ``backends``.
+``circuit``, ``layers``, ``export``, ``import``, ``compare``, ``demo`` and ``backends``.
 
 Every subcommand is one row of :data:`_COMMANDS`: its one-line description, the function that adds
 its options and the function that runs it. Options several subcommands share are added by the
@@ -23,6 +23,9 @@ from .results import planted_summary
 
 #: Rule-search methods of ``search`` and ``dissect``.
 _RULE_METHODS = ["dissect", "beam", "optimal", "clustered"]
+#: The formats of ``export`` and ``import`` (:data:`neurcore.formats.FORMATS`; listed here so that the
+#: parser is built without importing the package's families).
+_FORMATS = ["netdissect", "compexp", "clip-dissect", "neuronpedia"]
 _SIMILARITIES = ["soft_wpmi", "wpmi", "rank_reorder", "cos_similarity", "cos_similarity_cubed"]
 
 
@@ -59,23 +62,64 @@ def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _rgb(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(item) for item in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}")
+    return values
+
+
 # Options shared by several subcommands.
 
 
 def _add_network_options(parser: argparse.ArgumentParser, *, model_help: str, layer_help: str,
                          probe_images_help: str) -> None:
-    """--model, --weights, --layer (repeatable), --probe and --probe-images (dissect, label)."""
+    """--model, --weights, --layer (repeatable), --probe, --probe-images, --input-size, --mean and --std
+    (dissect, label)."""
     parser.add_argument("--model", default="default", help=model_help)
-    parser.add_argument("--weights", default=None, metavar="FILE", help="state dict for a torchvision model")
+    _add_weights_option(parser)
     parser.add_argument("--layer", action="append", required=True, metavar="NAME", help=layer_help)
     _add_probe_option(parser)
     parser.add_argument("--probe-images", type=_positive_int, default=None, help=probe_images_help)
+    _add_preprocessing_options(parser)
+
+
+def _add_weights_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="the model's weights: a torch state dict or a .safetensors file "
+                             "(default: random weights, the same in every run)")
+
+
+def _add_preprocessing_options(parser: argparse.ArgumentParser, *, mean_std: bool = True) -> None:
+    """--input-size, and with ``mean_std`` --mean and --std: override the model's own preprocessing."""
+    parser.add_argument("--input-size", type=_positive_int, default=None, metavar="N",
+                        help="input images are N x N pixels (default: the model's own, 224 for a "
+                             "python: factory's module)")
+    if mean_std:
+        parser.add_argument("--mean", type=_rgb, default=None, metavar="R,G,B",
+                            help="per-channel mean on [0, 1] (default: the model's own, else ImageNet's)")
+        parser.add_argument("--std", type=_rgb, default=None, metavar="R,G,B",
+                            help="per-channel std on [0, 1] (default: the model's own, else ImageNet's)")
+
+
+def _model(args: argparse.Namespace, weights: str | None = None):
+    """``args.model`` as given, or, with preprocessing options, the ModelSpec they change (loaded here)."""
+    overrides = {k: getattr(args, k, None) for k in ("input_size", "mean", "std")}
+    if all(v is None for v in overrides.values()):
+        return args.model
+    from .models import load_model
+
+    return load_model(args.model, weights, progress=not getattr(args, "quiet", False), **overrides)
 
 
 def _add_probe_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe", default="default",
                         help="default (synthetic world), synthetic-broden (the synthetic world at Broden's "
-                             "scale), broden:DIR or folder:DIR")
+                             "scale), broden:DIR, folder:DIR, or coco:FILE[:IMAGE_DIR] (COCO-format "
+                             "annotations; images beside FILE or in its images/ folder by default)")
 
 
 def _add_batch_size_option(parser: argparse.ArgumentParser) -> None:
@@ -179,7 +223,8 @@ def _dissect_options(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Run a model over a probe, binarize each unit at its top quantile and explain it "
                           "by rules over the probe's concepts. Re-running with the same --out resumes.")
     _add_network_options(parser, model_help="default (embedded, trained on first use), resnet18, resnet50 "
-                         "or vit_b_16",
+                         "or vit_b_16; or any torchvision:NAME, timm:NAME or python:MODULE:FACTORY (a "
+                         "function of no arguments returning an nn.Module); see neurcore layers",
                          layer_help="dotted layer name (repeat for several), e.g. conv4 or layer4; 'all' "
                          "for every block output; or a glob such as 'layer4.*'",
                          probe_images_help="images in the synthetic world (default 3000; synthetic-broden "
@@ -227,9 +272,10 @@ def _run_dissect(args: argparse.Namespace) -> int:
     from .pipelines import dissect
 
     t0 = time.perf_counter()
-    results = dissect(args.model, args.layer, args.probe, method=args.method, length=args.length,
-                      beam=args.beam, out_dir=args.out, weights=args.weights, quantile=args.quantile,
-                      batch_size=args.batch_size, probe_images=args.probe_images, progress=not args.quiet,
+    results = dissect(_model(args, args.weights), args.layer, args.probe, method=args.method,
+                      length=args.length, beam=args.beam, out_dir=args.out, weights=args.weights,
+                      quantile=args.quantile, batch_size=args.batch_size, probe_images=args.probe_images,
+                      progress=not args.quiet,
                       cache={"auto": None, "on": True, "off": False}[args.activation_cache],
                       checkpoint_images=args.checkpoint_images,
                       methods=_comma_list(args.methods),
@@ -252,7 +298,8 @@ def _label_options(parser: argparse.ArgumentParser) -> None:
                           "every label by generating images of it (Activation Rate, CoSy) and simulate it "
                           "with a second VLM; Network Dissection's labels are scored beside them. Re-running "
                           "with the same --out resumes.")
-    _add_network_options(parser, model_help="default, resnet18, resnet50 or vit_b_16",
+    _add_network_options(parser, model_help="default, resnet18, resnet50 or vit_b_16; or any "
+                         "torchvision:NAME, timm:NAME or python:MODULE:FACTORY",
                          layer_help="dotted layer name (repeat)",
                          probe_images_help="images in the synthetic world")
     parser.add_argument("--method", default="clip-dissect,linex,sieve", metavar="LIST",
@@ -270,8 +317,8 @@ def _run_label(args: argparse.Namespace) -> int:
     from .pipelines import label
 
     t0 = time.perf_counter()
-    rows = label(args.model, args.layer, args.probe, methods=_comma_list(args.method), out_dir=args.out,
-                 weights=args.weights, rules=None if args.rules == "none" else args.rules,
+    rows = label(_model(args, args.weights), args.layer, args.probe, methods=_comma_list(args.method),
+                 out_dir=args.out, weights=args.weights, rules=None if args.rules == "none" else args.rules,
                  batch_size=args.batch_size, probe_images=args.probe_images, progress=not args.quiet,
                  **_vision_language_kwargs(args), **_engine_kwargs(args))
     with open(os.path.join(args.out, "labels_summary.json")) as f:
@@ -297,7 +344,9 @@ def _circuit_options(parser: argparse.ArgumentParser) -> None:
                           "fidelity.csv, results.jsonl and circuit.html. Re-running with the same --out "
                           "reuses finished layers.")
     parser.add_argument("--model", default="default", help="default, default-circuit (a planted circuit for "
-                        "class circle), resnet18, resnet50 or vit_b_16")
+                        "class circle), resnet18, resnet50 or vit_b_16; or any torchvision:NAME, timm:NAME "
+                        "or python:MODULE:FACTORY")
+    _add_preprocessing_options(parser)
     parser.add_argument("--class", dest="class_name", default=None, metavar="NAME",
                         help="class name or output index (default: the planted circuit's class)")
     parser.add_argument("--layers", default="conv4,conv3",
@@ -324,7 +373,7 @@ def _run_circuit(args: argparse.Namespace) -> int:
     from .pipelines import circuit
 
     t0 = time.perf_counter()
-    doc = circuit(args.model, args.class_name, _comma_list(args.layers), args.out, method=args.method,
+    doc = circuit(_model(args), args.class_name, _comma_list(args.layers), args.out, method=args.method,
                   probe=args.probe, max_images=args.images, tau=args.tau, top_k=args.top_k,
                   n_steps=args.steps, fdr=args.fdr, n_runs=args.runs, n_random=args.random_sets,
                   device=args.device, progress=not args.quiet)
@@ -333,6 +382,159 @@ def _run_circuit(args: argparse.Namespace) -> int:
         summary += "; " + layer + ": " + ", ".join(f"{k} {v}" for k, v in metrics.items())
     print(f"neurcore circuit: {summary}, {time.perf_counter() - t0:.1f} s\n"
           f"  view: {os.path.join(args.out, 'circuit.html')}")
+    return 0
+
+
+# layers
+
+
+def _layers_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Build a model, run one forward pass on a zero image at its input size and list "
+                          "every named layer: its type, output shape, units (the channels dissect "
+                          "explains) and whether --layer all picks it.")
+    parser.add_argument("--model", default="default",
+                        help="default, default-circuit, resnet18, resnet50, vit_b_16, torchvision:NAME, "
+                             "timm:NAME or python:MODULE:FACTORY")
+    _add_weights_option(parser)
+    _add_preprocessing_options(parser, mean_std=False)
+    parser.add_argument("--depth", type=_positive_int, default=None, metavar="D",
+                        help="only layers of at most D dotted segments (default: every layer)")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON instead of a table: {model, input_size, layers: "
+                             "[{name, type, shape, units, block}]}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (training the default model)")
+
+
+def _run_layers(args: argparse.Namespace) -> int:
+    from .models import layer_table, load_model
+
+    spec = load_model(args.model, args.weights, input_size=args.input_size, progress=not args.quiet)
+    rows = layer_table(spec, depth=args.depth)
+    if args.json:
+        print(json.dumps({"model": spec.name, "input_size": spec.input_size,
+                          "layers": [row.as_dict() for row in rows]}, indent=2))
+        return 0
+    cells = [("layer", "type", "output", "units", "all")]
+    cells += [(r.name, r.type, "-" if r.shape is None else "x".join(map(str, r.shape)),
+               "-" if r.units is None else str(r.units), "*" if r.block else "") for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(4)]
+    lines = [f"{spec.name}: input 3x{spec.input_size}x{spec.input_size}, {len(rows)} layers; "
+             "* = picked by --layer all"]
+    for row in cells:
+        line = "  ".join(cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in
+                         enumerate(zip(row[:4], widths)))
+        lines.append(f"{line}  {row[4]}".rstrip())
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # a reader that stopped early (| head) is no error; keep exit from flushing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+# export, import and compare: the field's file formats
+
+
+def _export_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Write a results folder of neurcore dissect/label (or a neurcore JSONL file) in "
+                          "another tool's format: NetDissect-Lite's tally.csv, compexp's tally_{layer}.csv, "
+                          "CLIP-Dissect's descriptions.csv or Neuronpedia-style explanations.jsonl.")
+    parser.add_argument("results", metavar="RESULTS", help="results folder or neurcore JSONL file")
+    parser.add_argument("out", metavar="OUT", help="output folder")
+    parser.add_argument("--format", required=True, choices=_FORMATS)
+    parser.add_argument("--layer", default=None, help="export only this layer")
+    parser.add_argument("--method", default=None,
+                        help="export this method's rows (default: the rule rows for netdissect and "
+                             "compexp, clip-dissect's for clip-dissect, every labelled row for neuronpedia)")
+    parser.add_argument("--model-id", default=None, help="neuronpedia: modelId (default: the run's model)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .formats import export_results
+
+    paths = export_results(args.results, args.out, args.format, layer=args.layer, method=args.method,
+                           model_id=args.model_id)
+    print(f"neurcore export: {args.format}: " + ", ".join(paths))
+    return 0
+
+
+def _import_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Read another tool's results (a tally.csv, tally_{layer}.csv, descriptions.csv or "
+                          "Neuronpedia JSONL file, or a folder of them; the format is detected) into "
+                          "neurcore's schema: OUT/results.jsonl and OUT/results.csv.")
+    parser.add_argument("source", metavar="FILE", help="file or folder of another tool's results")
+    parser.add_argument("out", metavar="OUT", help="output folder")
+    parser.add_argument("--format", default=None, choices=_FORMATS, help="default: detected")
+    parser.add_argument("--layer", default=None,
+                        help="the layer to record where the file names none (NetDissect's tally.csv)")
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from .formats import import_results
+    from .results import write_csv, write_jsonl
+
+    rows = import_results(args.source, args.format, layer=args.layer)
+    os.makedirs(args.out, exist_ok=True)
+    write_jsonl(os.path.join(args.out, "results.jsonl"), rows)
+    write_csv(os.path.join(args.out, "results.csv"), rows)
+    methods = ", ".join(dict.fromkeys(r.method for r in rows))
+    out = os.path.join(args.out, "results.jsonl")
+    print(f"neurcore import: {len(rows)} explanations ({methods}) -> {out}")
+    return 0
+
+
+def _compare_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Two sets of explanations of the same units side by side (neurcore results or "
+                          "another tool's files), each label re-scored by neurcore when a model is given: "
+                          "IoU with the unit's mask on the probe, Activation Rate and CoSy of generated "
+                          "images. Writes OUT/compare.csv.")
+    parser.add_argument("a", metavar="A", help="results folder or file (any format neurcore imports)")
+    parser.add_argument("b", metavar="B", help="the same for the other side")
+    parser.add_argument("--a-method", default=None, help="the method to take from A when it holds several")
+    parser.add_argument("--b-method", default=None, help="the same for B")
+    parser.add_argument("--model", default=None, help="re-score with this model (any form neurcore dissect "
+                        "takes); without it only the scores the files report are shown")
+    _add_weights_option(parser)
+    parser.add_argument("--layer", action="append", default=None, metavar="NAME",
+                        help="the layers to compare (repeat); a file naming no layer belongs to the only one")
+    _add_probe_option(parser)
+    parser.add_argument("--probe-images", type=_positive_int, default=None,
+                        help="images in the synthetic world")
+    _add_preprocessing_options(parser)
+    parser.add_argument("--quantile", type=_fraction, default=0.005,
+                        help="top quantile that makes a unit's mask (default 0.005)")
+    parser.add_argument("--generator", default="synthetic", help="verification images: synthetic or "
+                        "diffusers:DIR")
+    parser.add_argument("--generated", type=_positive_int, default=50, help="images generated per label")
+    _add_batch_size_option(parser)
+    _add_output_options(parser, out_help="output folder (compare.csv and caches)")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .pipelines import compare
+
+    model = None if args.model is None else _model(args, args.weights)
+    rows = compare(args.a, args.b, out_dir=args.out, a_method=args.a_method, b_method=args.b_method,
+                   model=model, layers=args.layer, probe=args.probe, weights=args.weights,
+                   generator=args.generator, n_generated=args.generated, quantile=args.quantile,
+                   probe_images=args.probe_images, batch_size=args.batch_size, progress=not args.quiet)
+    lines = [f"neurcore compare: {len(rows)} units"]
+    for side, source in (("a", args.a), ("b", args.b)):
+        labelled = [r for r in rows if r[f"{side}_label"]]
+        means = []
+        for key, name in (("iou", "IoU"), ("activation_rate", "AR"), ("cosy_auc", "CoSy AUC"),
+                          ("reported", "reported score")):
+            values = [r[f"{side}_{key}"] for r in labelled if r[f"{side}_{key}"] is not None]
+            if values:
+                means.append(f"{name} {sum(values) / len(values):.3f} ({len(values)} units)")
+        summary = "; ".join(means) or "-"
+        lines.append(f"  {side.upper()} {source}: {len(labelled)} labelled; mean {summary}")
+    both = [r for r in rows if r["a_iou"] is not None and r["b_iou"] is not None]
+    if both:
+        wins = sum(r["a_iou"] > r["b_iou"] for r in both), sum(r["b_iou"] > r["a_iou"] for r in both)
+        lines.append(f"  IoU: A higher on {wins[0]}, B higher on {wins[1]}, equal on "
+                     f"{len(both) - sum(wins)} of {len(both)} units")
+    lines.append(f"  table: {os.path.join(args.out, 'compare.csv')}")
+    print("\n".join(lines))
     return 0
 
 
@@ -381,6 +583,15 @@ _COMMANDS: dict[str, _Command] = {
                       _label_options, _run_label),
     "circuit": _Command("the circuit of a class: NeurFlow concept circuits or NeuCEPT critical neurons",
                         _circuit_options, _run_circuit),
+    "layers": _Command("list a model's layers: type, output shape, units, and which --layer all picks",
+                       _layers_options, _run_layers),
+    "export": _Command("write results in another tool's format: netdissect, compexp, clip-dissect or "
+                       "neuronpedia",
+                       _export_options, _run_export),
+    "import": _Command("read another tool's results files into neurcore's schema",
+                       _import_options, _run_import),
+    "compare": _Command("two sets of explanations side by side, both re-scored by neurcore's verifier",
+                        _compare_options, _run_compare),
     "demo": _Command("explain planted units of a synthetic concept set with the mask engine",
                      _demo_options, _run_demo),
     "backends": _Command("print which native backends are built and usable, as JSON",

@@ -31,7 +31,7 @@ PUBLIC = ["neurcore", "neurcore.engine", "neurcore.engine.backends", "neurcore.e
           "neurcore.probe", "neurcore.models", "neurcore.activations", "neurcore.attribution",
           "neurcore.attribution.reference", "neurcore.circuits", "neurcore.labels", "neurcore.pipelines",
           "neurcore.report", "neurcore.results", "neurcore.errors", "neurcore.clustering", "neurcore.testing",
-          "neurcore.distributed"]
+          "neurcore.distributed", "neurcore.formats"]
 
 
 def _module_name(path: Path) -> str:

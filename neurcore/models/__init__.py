@@ -1,5 +1,7 @@
 """Models to explain: any ``torch.nn.Module`` with layers named by dotted paths, how to feed it
-(:class:`ModelSpec`), torchvision classifiers by name, and the embedded default models.
+(:class:`ModelSpec`), models by reference (:func:`load_model`: torchvision and timm classifiers by
+name, a Python factory, weights from a state dict or a safetensors file), a model's layers as a table
+(:func:`layer_table`), and the embedded default models.
 
 The default model is a small CNN trained on the synthetic concept world to predict which concepts an
 image contains (multi-label), on the CPU in about a minute, and cached. It comes with planted units:
@@ -20,14 +22,17 @@ from ._default import (
                        default_model,
                        planted_circuit_model,
 )
+from ._inspect import LayerInfo, layer_table
 from ._layers import as_maps, block_outputs, expand_layers, hooked, resolve_layer
 from ._spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, PlantedUnit
-from ._zoo import TORCHVISION_MODELS, load_model
+from ._zoo import MODEL_FORMS, TORCHVISION_MODELS, load_model
 
 __all__ = [
     "ModelSpec",
     "PlantedUnit",
     "load_model",
+    "layer_table",
+    "LayerInfo",
     "resolve_layer",
     "expand_layers",
     "block_outputs",
@@ -36,6 +41,7 @@ __all__ = [
     "default_model",
     "planted_circuit_model",
     "TORCHVISION_MODELS",
+    "MODEL_FORMS",
     "DEFAULT_PLANTED",
     "DEFAULT_PLANTED_DETECTORS",
     "DEFAULT_PLANTED_LINEAR",

@@ -27,8 +27,11 @@ def resolve_layer(module: torch.nn.Module, name: str) -> torch.nn.Module:
 
 
 # Residual and transformer blocks by class name: torchvision's BasicBlock and Bottleneck (ResNets),
-# EncoderBlock (ViT), and the Block / ResBlock / EncoderLayer names of timm and most model code.
-_BLOCK = re.compile(r"(Block|Bottleneck|EncoderLayer|ResBlock)$")
+# EncoderBlock (ViT), InvertedResidual (MobileNets; timm's EfficientNets), MBConv (torchvision's), timm's
+# DepthwiseSeparableConv (EfficientNet's first stage), and the Block / ResBlock / EncoderLayer names of
+# timm and most model code.
+_BLOCK = re.compile(r"(Block|Bottleneck|EncoderLayer|ResBlock|InvertedResidual|MBConv|"
+                    r"DepthwiseSeparableConv)$")
 
 
 def block_outputs(module: torch.nn.Module) -> list[str]:
@@ -101,9 +104,10 @@ def hooked(module: torch.nn.Module, layers: Sequence[str]) -> Iterator[dict[str,
     """Forward hooks on ``layers`` (dotted paths) that keep each output; removed on exit."""
     outputs: dict[str, object] = {}
     handles = []
+    modules = dict(module.named_modules())  # once: a lookup per layer would be quadratic in the layers
     try:
         for name in layers:
-            sub = resolve_layer(module, name)
+            sub = modules[name] if name in modules and name else resolve_layer(module, name)
             handles.append(sub.register_forward_hook(
                 lambda _m, _i, out, name=name: outputs.__setitem__(name, out)))
         yield outputs

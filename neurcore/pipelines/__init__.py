@@ -8,10 +8,13 @@ output folder and resumes where a killed run stopped:
 - :func:`label`: CLIP-Dissect, LinEx and SIEVE labels, every one verified by generated images
   (``neurcore label``).
 - :func:`circuit`: the circuit of a class by NeurFlow or NeuCEPT (``neurcore circuit``).
+- :func:`compare`: two sets of explanations of the same units (neurcore's or another tool's files),
+  both re-scored by neurcore's verifier (``neurcore compare``).
 """
 
 from ._circuit import circuit
+from ._compare import COMPARE_COLUMNS, compare, read_explanations
 from ._dissect import dissect
 from ._label import label, read_vocabulary
 
-__all__ = ["dissect", "label", "circuit", "read_vocabulary"]
+__all__ = ["dissect", "label", "circuit", "compare", "read_explanations", "COMPARE_COLUMNS", "read_vocabulary"]

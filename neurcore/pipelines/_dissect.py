@@ -37,7 +37,8 @@ def dissect(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4"
             workers: int | None = None) -> list[Explanation]:
     """Dissect ``layers`` of ``model`` on ``probe`` and write results and a report to ``out_dir``.
 
-    model: "default", a torchvision name, or a :class:`~neurcore.models.ModelSpec`.
+    model: a reference (:func:`~neurcore.models.load_model`: "default", "torchvision:NAME", "timm:NAME",
+    "python:MODULE:FACTORY", ...) or a :class:`~neurcore.models.ModelSpec`.
     layers: dotted layer names (a sequence of str). probe: "default", "broden:DIR", "folder:DIR", or a
     :class:`~neurcore.probe.Probe`. method: "dissect" (Network Dissection's best single concept:
     Bau et al., "Network Dissection: Quantifying Interpretability of Deep Visual Representations",

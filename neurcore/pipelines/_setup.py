@@ -36,11 +36,12 @@ def set_up(model: str | ModelSpec, layers: Sequence[str], probe: str | Probe, *,
            probe_images: int | None = None, progress: bool = True) -> Setup:
     """Load ``model`` (a name or a :class:`~neurcore.models.ModelSpec`), expand ``layers`` (names, ``all``
     for every block output, or globs such as ``layer4.*``: :func:`~neurcore.models.expand_layers`), and
-    open ``probe`` (a spec such as ``default``, ``broden:DIR`` or ``folder:DIR``, or a
-    :class:`~neurcore.probe.Probe`); images of a Broden or folder probe are read at the model's input size."""
+    open ``probe`` (a spec such as ``default``, ``broden:DIR``, ``folder:DIR`` or ``coco:FILE``, or a
+    :class:`~neurcore.probe.Probe`); images of a Broden, folder or COCO probe are read at the model's
+    input size."""
     spec = model if isinstance(model, ModelSpec) else load_model(model, weights, progress=progress)
     layers = expand_layers(spec.module, layers)
     if isinstance(probe, Probe):
         return Setup(spec, layers, probe, probe.name)
-    image_size = spec.input_size if probe.startswith(("broden", "folder")) else None
+    image_size = spec.input_size if probe.partition(":")[0] in ("broden", "folder", "coco") else None
     return Setup(spec, layers, open_probe(probe, image_size=image_size, n_images=probe_images), probe)

@@ -1,6 +1,8 @@
 """Probe datasets: images with concept masks, behind one interface (:class:`Probe`).
 
-``open_probe("default" | "synthetic" | "synthetic-broden" | "broden:DIR" | "folder:DIR")``.
+``open_probe("default" | "synthetic" | "synthetic-broden" | "broden:DIR" | "folder:DIR" | "coco:FILE"
+| "coco:FILE:IMAGE_DIR")``; users' own data also as :class:`CocoProbe` (COCO-format annotations) and
+:class:`DatasetProbe` (any (image, masks) pairs in Python).
 """
 
 from __future__ import annotations
@@ -8,11 +10,13 @@ from __future__ import annotations
 from ..errors import ProbeError
 from .base import Probe
 from .broden import BrodenProbe, write_broden
+from .coco import CocoProbe, parse_coco_spec
+from .dataset import DatasetProbe
 from .folder import FolderProbe
 from .synthetic import SyntheticWorld
 
-__all__ = ["BrodenProbe", "FolderProbe", "Probe", "ProbeError", "SyntheticBroden", "SyntheticWorld",
-           "open_probe", "write_broden"]
+__all__ = ["BrodenProbe", "CocoProbe", "DatasetProbe", "FolderProbe", "Probe", "ProbeError",
+           "SyntheticBroden", "SyntheticWorld", "open_probe", "write_broden"]
 
 
 def __getattr__(name: str):
@@ -27,8 +31,11 @@ def __getattr__(name: str):
 def open_probe(spec: str, *, image_size: int | None = None, n_images: int | None = None,
                seed: int = 0) -> Probe:
     """A probe from its command-line spec: ``default`` (the synthetic world), ``synthetic-broden`` (the
-    Broden-scale synthetic probe, 224-px images, default 22,210 of them), ``broden:DIR`` or ``folder:DIR``.
-    image_size: side of the images in pixels; n_images and seed: of the synthetic probes."""
+    Broden-scale synthetic probe, 224-px images, default 22,210 of them), ``broden:DIR``, ``folder:DIR``,
+    ``coco:FILE`` or ``coco:FILE:IMAGE_DIR`` (a COCO annotation file; the spec is split at a colon only
+    when no file has the whole name, where an existing file is left of it and a folder right of it:
+    :func:`~neurcore.probe.coco.parse_coco_spec`). image_size: side of the images in pixels;
+    n_images and seed: of the synthetic probes."""
     kind, _, arg = spec.partition(":")
     if kind in ("default", "synthetic") and not arg:
         return SyntheticWorld(n_images=n_images or 3000, size=image_size or 64, seed=seed)
@@ -42,5 +49,8 @@ def open_probe(spec: str, *, image_size: int | None = None, n_images: int | None
         return BrodenProbe(arg, image_size=image_size or 224)
     if kind == "folder" and arg:
         return FolderProbe(arg, image_size=image_size or 224)
-    raise ProbeError(f"probe {spec!r}: expected default, broden:DIR or folder:DIR, or synthetic or "
-                     "synthetic-broden")
+    if kind == "coco" and arg:
+        annotations, image_dir = parse_coco_spec(arg)
+        return CocoProbe(annotations, image_dir, image_size=image_size or 224)
+    raise ProbeError(f"probe {spec!r}: expected default, broden:DIR or folder:DIR, coco:FILE or "
+                     "coco:FILE:IMAGE_DIR, or synthetic or synthetic-broden")
