@@ -147,3 +147,18 @@ def test_cuda_primitives_refuse_bad_shapes_before_the_kernel():
         _dispatch.combine_blocks("and", w, np.array([3]), w, np.array([0]))
     with pytest.raises(InputError, match="popcount_rows: words must be"):
         _dispatch.popcount_rows(w.reshape(-1))
+
+
+def test_cuda_channel_mask_on_a_model_on_the_gpu():
+    """Fidelity's masks are made on the CPU; they must follow a layer's output to the GPU (the circuit
+    pipeline's --device cuda failed here on the first GPU run)."""
+    from neurcore.circuits import ChannelMask
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)).cuda()
+    x = torch.randn(2, 3, 8, 8, device="cuda")
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    with ChannelMask(model, {"1": mask}):
+        got = model(x)
+    hidden = model[1](model[0](x)) * mask.cuda().view(1, -1, 1, 1)
+    assert torch.allclose(got, model[2](hidden))

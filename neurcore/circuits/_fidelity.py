@@ -97,8 +97,9 @@ class ChannelMask:
 
     def __init__(self, module: torch.nn.Module, masks: dict[str, torch.Tensor]):
         self.handles = [resolve_layer(module, name).register_forward_hook(
-            lambda _m, _i, out, m=m: out * m.view(1, -1, *([1] * (out.dim() - 2))).to(out.dtype))
-            for name, m in masks.items()]
+            lambda _m, _i, out, m=m: out * m.view(1, -1, *([1] * (out.dim() - 2))).to(out.device,
+                                                                                        out.dtype))
+            for name, m in masks.items()]  # the mask follows the output to its device (found on a GPU)
 
     def __enter__(self):
         return self
