@@ -65,3 +65,12 @@ def random_masks(rng: np.random.Generator, n: int, sample_shape: tuple, kind: st
 def flat(masks: np.ndarray) -> np.ndarray:
     """[n, ...] -> int64 [n, prod(...)]."""
     return masks.reshape(masks.shape[0], int(np.prod(masks.shape[1:]))).astype(np.int64)
+
+
+def one_error_line(capsys, command: str) -> str:
+    """The one line a failed ``neurcore <command>`` printed on stderr (nothing on stdout)."""
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and len(lines) == 1, err
+    assert lines[0].startswith(f"neurcore {command}: error: "), err
+    return lines[0]

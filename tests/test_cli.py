@@ -14,6 +14,7 @@ import neurcore.pipelines
 import neurcore.rules
 from neurcore.cli import _build_parser, main
 from neurcore.errors import BackendUnavailable, InputError
+from conftest import one_error_line
 
 SUBCOMMANDS = {
     "search": "explain units by rules over concepts (Network Dissection, beam search)",
@@ -60,21 +61,13 @@ def test_version(capsys):
     assert capsys.readouterr().out == f"neurcore {neurcore.__version__}\n"
 
 
-def _one_error_line(capsys, command: str) -> str:
-    out, err = capsys.readouterr()
-    lines = err.splitlines()
-    assert out == "" and len(lines) == 1, err
-    assert lines[0].startswith(f"neurcore {command}: error: "), err
-    return lines[0]
-
-
 def test_malformed_npz_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "junk.npz").write_text("not a zip")
     out = tmp_path / "R.jsonl"
     argv = ["search", "--concepts", str(tmp_path / "junk.npz"), "--units", str(tmp_path / "junk.npz"),
             "--out", str(out)]
     assert main(argv) == 2
-    assert "not a readable .npz" in _one_error_line(capsys, "search")
+    assert "not a readable .npz" in one_error_line(capsys, "search")
     assert not out.exists()
 
 
@@ -83,7 +76,7 @@ def test_missing_probe_folder_is_one_line_and_exit_2(tmp_path, capsys):
     argv = ["dissect", "--layer", "conv4", "--probe", f"folder:{tmp_path / 'nope'}", "--out", str(out),
             "--quiet"]
     assert main(argv) == 2
-    assert "nope: no such directory" in _one_error_line(capsys, "dissect")
+    assert "nope: no such directory" in one_error_line(capsys, "dissect")
     assert not (out / "results.jsonl").exists()
 
 
@@ -97,7 +90,7 @@ def test_every_neurcore_error_is_one_line_and_exit_2(command, error, monkeypatch
 
     monkeypatch.setattr(module, attribute, fail)
     assert main([command, *argv]) == 2
-    assert _one_error_line(capsys, command) == f"neurcore {command}: error: {error}"
+    assert one_error_line(capsys, command) == f"neurcore {command}: error: {error}"
 
 
 @pytest.mark.parametrize("command", list(CALLS))

@@ -14,6 +14,7 @@ pytest.importorskip("timm")
 from neurcore.cli import main  # noqa: E402
 from neurcore.errors import InputError  # noqa: E402
 from neurcore.models import IMAGENET_MEAN, LayerInfo, ModelSpec, layer_table, load_model  # noqa: E402
+from conftest import one_error_line  # noqa: E402
 
 MODULE = "neurcore_zoo_factories"
 FACTORIES = '''
@@ -67,14 +68,6 @@ def _params(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _one_error_line(capsys, command: str) -> str:
-    out, err = capsys.readouterr()
-    lines = err.splitlines()
-    assert out == "" and len(lines) == 1, err
-    assert lines[0].startswith(f"neurcore {command}: error: "), err
-    return lines[0]
-
-
 @pytest.mark.parametrize("ref, layer, units", [("torchvision:resnet18", "layer1.0", 64),
                                                ("timm:resnet10t", "layer1.0", 64),
                                                (TINY, "conv1", 8)])
@@ -97,7 +90,7 @@ def test_a_resume_with_other_preprocessing_is_refused(tmp_path, capsys):
     assert main([*argv, "--input-size", "32"]) == 0  # the same model resumes
     capsys.readouterr()
     assert main([*argv, "--input-size", "48"]) == 2
-    assert "made with other settings (model)" in _one_error_line(capsys, "dissect")
+    assert "made with other settings (model)" in one_error_line(capsys, "dissect")
     assert main([*argv, "--input-size", "32", "--mean", "0.5,0.5,0.5"]) == 2
 
 
@@ -183,9 +176,9 @@ def test_weights_that_do_not_fit_name_the_file_and_the_first_key(tmp_path, capsy
         load_model(TINY, str(tmp_path / "part.pt"))
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     assert main(["layers", "--model", TINY, "--weights", str(tmp_path / "junk.safetensors")]) == 2
-    assert "junk.safetensors: not a readable safetensors file" in _one_error_line(capsys, "layers")
+    assert "junk.safetensors: not a readable safetensors file" in one_error_line(capsys, "layers")
     assert main(["layers", "--model", TINY, "--weights", str(tmp_path / "nope.pt")]) == 2
-    assert "nope.pt: no such weights file" in _one_error_line(capsys, "layers")
+    assert "nope.pt: no such weights file" in one_error_line(capsys, "layers")
 
 
 @pytest.mark.parametrize("ref, message", [
@@ -204,14 +197,14 @@ def test_weights_that_do_not_fit_name_the_file_and_the_first_key(tmp_path, capsy
 ])
 def test_a_bad_reference_is_one_line_with_the_closest_names(ref, message, capsys):
     assert main(["layers", "--model", ref]) == 2
-    line = _one_error_line(capsys, "layers")
+    line = one_error_line(capsys, "layers")
     assert f"model {ref!r}: " in line and message in line
 
 
 def test_dissect_reports_a_bad_reference_in_one_line(tmp_path, capsys):
     assert main(["dissect", "--model", "timm:resnt18", "--layer", "layer1", "--out", str(tmp_path / "d"),
                  "--quiet"]) == 2
-    assert "closest: timm:resnet18" in _one_error_line(capsys, "dissect")
+    assert "closest: timm:resnet18" in one_error_line(capsys, "dissect")
     with pytest.raises(SystemExit):
         main(["dissect", "--model", TINY, "--layer", "conv1", "--mean", "0.5,0.5", "--out", "d"])
     assert "--mean: expected three numbers R,G,B" in capsys.readouterr().err
