@@ -346,6 +346,7 @@ def _circuit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="default, default-circuit (a planted circuit for "
                         "class circle), resnet18, resnet50 or vit_b_16; or any torchvision:NAME, timm:NAME "
                         "or python:MODULE:FACTORY")
+    _add_weights_option(parser)
     _add_preprocessing_options(parser)
     parser.add_argument("--class", dest="class_name", default=None, metavar="NAME",
                         help="class name or output index (default: the planted circuit's class)")
@@ -373,7 +374,8 @@ def _run_circuit(args: argparse.Namespace) -> int:
     from .pipelines import circuit
 
     t0 = time.perf_counter()
-    doc = circuit(_model(args), args.class_name, _comma_list(args.layers), args.out, method=args.method,
+    doc = circuit(_model(args, args.weights), args.class_name, _comma_list(args.layers), args.out,
+                  method=args.method, weights=args.weights,
                   probe=args.probe, max_images=args.images, tau=args.tau, top_k=args.top_k,
                   n_steps=args.steps, fdr=args.fdr, n_runs=args.runs, n_random=args.random_sets,
                   device=args.device, progress=not args.quiet)

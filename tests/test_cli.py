@@ -167,7 +167,7 @@ def test_circuit_and_search_keep_their_own_options():
                                        "--layer", "l4"])
     assert (args.layer, args.method, args.length, args.beam, args.quantile, args.device) == (
         "l4", "beam", 3, 5, 0.005, "cpu")
-    for command, argv in [("circuit", ["--out", "o", "--weights", "w"]), ("search", ["--quiet"]),
+    for command, argv in [("circuit", ["--out", "o", "--probe-images", "3"]), ("search", ["--quiet"]),
                           ("demo", ["--out", "o"]), ("backends", ["--model", "m"])]:
         with pytest.raises(SystemExit):
             _build_parser().parse_args([command, *argv])
@@ -185,3 +185,20 @@ def test_shared_options_keep_each_subcommand_s_help(wide, capsys):
     for text in helps.values():
         assert "vision-language labels (clip-dissect, linex, sieve):" in text
         assert "--probe PROBE         default (synthetic world), synthetic-broden (the" in text
+
+
+def test_circuit_takes_weights_and_passes_them_on(monkeypatch, capsys):
+    """``circuit --weights``: the file reaches the pipeline; the default model refuses one (its own)."""
+    seen = {}
+
+    def fake_circuit(model, class_name, layers, out, **kwargs):
+        seen.update(model=model, weights=kwargs["weights"])
+        return {"class": "c", "nodes": [], "edges": []}
+
+    monkeypatch.setattr(neurcore.pipelines, "circuit", fake_circuit)
+    assert main(["circuit", "--model", "torchvision:resnet18", "--weights", "w.pt", "--out", "o"]) == 0
+    assert seen == {"model": "torchvision:resnet18", "weights": "w.pt"}
+    capsys.readouterr()
+    monkeypatch.undo()
+    assert main(["circuit", "--model", "default", "--weights", "w.pt", "--out", "o", "--quiet"]) == 2
+    assert "the default model brings its own weights" in one_error_line(capsys, "circuit")

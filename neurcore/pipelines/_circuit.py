@@ -46,9 +46,10 @@ from ..circuits import (
 )
 from ..errors import BackendUnavailable, InputError
 from ..models import ModelSpec, load_model, resolve_layer
-from ..probe import Probe, open_probe
+from ..probe import Probe
 from ..report import write_circuit_html
 from ..results import Explanation, write_jsonl
+from ._setup import open_probe_for
 
 __all__ = ["circuit"]
 
@@ -86,7 +87,7 @@ def circuit(model: str | ModelSpec = "default", class_name: str | None = None,
             layers: Sequence[str] = ("conv4", "conv3"), out: str = "circuit", *, method: str = "neurflow",
             probe: str | Probe = "default", max_images: int = 40, tau: int = 16, top_k: int = 50,
             n_steps: int = 50, fdr: float = 0.1, n_runs: int = 10, n_random: int = 20, device: str = "cpu",
-            backend: str | None = None, progress: bool = True) -> dict:
+            backend: str | None = None, weights: str | None = None, progress: bool = True) -> dict:
     """Build the circuit of ``class_name`` over ``layers`` (top to bottom) and write it to ``out``.
 
     method: "neurflow" (core concept neurons by integrated gradients over ``top_k`` crops per neuron,
@@ -94,19 +95,23 @@ def circuit(model: str | ModelSpec = "default", class_name: str | None = None,
     and Functional Interactions", ICLR 2025) or "neucept" (critical neurons by model-X knockoffs at
     false discovery rate ``fdr`` over ``n_runs`` runs; Vu, Nguyen, Thai, "NeuCEPT: Locally Discover
     Neural Networks' Mechanism via Critical Neurons Identification with Precision Guarantee").
+    model: a reference :func:`~neurcore.models.load_model` takes (with ``weights``, a state dict or
+    safetensors file) or a :class:`~neurcore.models.ModelSpec`.
     class_name: a class of the model or an output index (None: the planted circuit's class).
     max_images: probe images of the class the model gets right that are explained; n_random: random
     neuron sets of equal size that fidelity compares the core neurons with. Returns the circuit as
     written to ``circuit.json``.
     """
-    spec, layers, class_name = _set_up(model, class_name, layers, method, progress)
+    spec, layers, class_name = _set_up(model, weights, class_name, layers, method, progress)
     _check_device(device)
     spec.module.to(device).eval()
     n_outputs, channels = output_shapes(spec, layers, device)
     c = class_index(spec, class_name, n_outputs)
-    probe = open_probe(probe) if isinstance(probe, str) else probe
+    probe = open_probe_for(spec, probe) if isinstance(probe, str) else probe
     settings = {"model": spec.name, "class": class_name, "layers": layers, "method": method, "tau": tau,
                 "top_k": top_k, "n_steps": n_steps, "fdr": fdr, "n_runs": n_runs, "max_images": max_images}
+    if weights:  # recorded only when given, so folders of runs without weights still resume
+        settings["weights"] = weights
     _check_manifest(out, settings)
     images, _ = class_images(spec, probe, c, max_images=max_images, device=device)
     parts = os.path.join(out, "parts")
@@ -125,12 +130,12 @@ def circuit(model: str | ModelSpec = "default", class_name: str | None = None,
     return doc
 
 
-def _set_up(model: str | ModelSpec, class_name: str | None, layers: Sequence[str], method: str,
-            progress: bool) -> tuple[ModelSpec, list[str], str]:
+def _set_up(model: str | ModelSpec, weights: str | None, class_name: str | None, layers: Sequence[str],
+            method: str, progress: bool) -> tuple[ModelSpec, list[str], str]:
     """(model, layers, class name), checked before any work: each layer feeds the one above it."""
     if method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    spec = load_model(model, progress=progress) if isinstance(model, str) else model
+    spec = load_model(model, weights, progress=progress) if isinstance(model, str) else model
     layers = list(layers)
     if not layers:
         raise InputError("--layers: name at least one layer")

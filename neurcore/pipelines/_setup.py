@@ -9,7 +9,7 @@ from ..errors import InputError
 from ..models import ModelSpec, expand_layers, load_model
 from ..probe import Probe, open_probe
 
-__all__ = ["Setup", "set_up", "unique_names"]
+__all__ = ["Setup", "set_up", "open_probe_for", "unique_names"]
 
 
 @dataclass
@@ -43,5 +43,11 @@ def set_up(model: str | ModelSpec, layers: Sequence[str], probe: str | Probe, *,
     layers = expand_layers(spec.module, layers)
     if isinstance(probe, Probe):
         return Setup(spec, layers, probe, probe.name)
+    return Setup(spec, layers, open_probe_for(spec, probe, probe_images), probe)
+
+
+def open_probe_for(spec: ModelSpec, probe: str, n_images: int | None = None) -> Probe:
+    """The probe of a spec string, its images read at the model's input size where the probe holds
+    images of its own (``broden:``, ``folder:``, ``coco:``); n_images: of a synthetic probe."""
     image_size = spec.input_size if probe.partition(":")[0] in ("broden", "folder", "coco") else None
-    return Setup(spec, layers, open_probe(probe, image_size=image_size, n_images=probe_images), probe)
+    return open_probe(probe, image_size=image_size, n_images=n_images)
