@@ -227,8 +227,8 @@ def _dissect_options(parser: argparse.ArgumentParser) -> None:
                          "function of no arguments returning an nn.Module); see neurcore layers",
                          layer_help="dotted layer name (repeat for several), e.g. conv4 or layer4; 'all' "
                          "for every block output; or a glob such as 'layer4.*'",
-                         probe_images_help="images in the synthetic world (default 3000; synthetic-broden "
-                         "22210)")
+                         probe_images_help="images of the synthetic world (default 3000; synthetic-broden "
+                         "22210), or the first N of a broden:, folder: or coco: probe (default all)")
     parser.add_argument("--method", choices=_RULE_METHODS, default="dissect", help="default: dissect")
     parser.add_argument("--length", type=_positive_int, default=3,
                         help="beam: maximum formula length (default 3)")
@@ -301,7 +301,8 @@ def _label_options(parser: argparse.ArgumentParser) -> None:
     _add_network_options(parser, model_help="default, resnet18, resnet50 or vit_b_16; or any "
                          "torchvision:NAME, timm:NAME or python:MODULE:FACTORY",
                          layer_help="dotted layer name (repeat)",
-                         probe_images_help="images in the synthetic world")
+                         probe_images_help="images of the synthetic world, or the first N of a broden:, "
+                         "folder: or coco: probe")
     parser.add_argument("--method", default="clip-dissect,linex,sieve", metavar="LIST",
                         help="comma-separated among clip-dissect, linex, sieve (default all three)")
     parser.add_argument("--rules", choices=["dissect", "beam", "none"], default="dissect",
@@ -500,7 +501,8 @@ def _compare_options(parser: argparse.ArgumentParser) -> None:
                         help="the layers to compare (repeat); a file naming no layer belongs to the only one")
     _add_probe_option(parser)
     parser.add_argument("--probe-images", type=_positive_int, default=None,
-                        help="images in the synthetic world")
+                        help="images of the synthetic world, or the first N of a broden:, folder: or coco: "
+                             "probe")
     _add_preprocessing_options(parser)
     parser.add_argument("--quantile", type=_fraction, default=0.005,
                         help="top quantile that makes a unit's mask (default 0.005)")

@@ -337,3 +337,17 @@ def test_dissect_a_dataset_probe(tmp_path, kind):
     assert json.loads((tmp_path / "d" / "manifest.json").read_text())["probe"] == f"my-{kind}"
     leaves = {leaf for r in out if r.formula is not None for leaf in parse(str(r.formula)).leaves()}
     assert leaves and leaves <= set(COLOURS)
+
+
+def test_probe_images_takes_the_first_images_of_a_probe_of_files(coco):
+    """``--probe-images N`` on a probe of files (coco:, folder:, broden:): its first N images, masks
+    unchanged."""
+    whole = open_probe(f"coco:{coco[0]}", image_size=32)
+    first = open_probe(f"coco:{coco[0]}", image_size=32, n_images=4)
+    assert first.n_images == 4 and whole.n_images == N_IMAGES
+    assert np.array_equal(first.images(0, 4), whole.images(0, 4))
+    assert first.concept_masks().n_images == 4
+    assert np.array_equal(first.concept_masks().to_dense(), whole.concept_masks().to_dense()[:, :4])
+    assert open_probe(f"coco:{coco[0]}", n_images=10 * N_IMAGES).n_images == N_IMAGES
+    with pytest.raises(ProbeError, match="n_images must be >= 1"):
+        open_probe(f"coco:{coco[0]}", n_images=0)

@@ -151,6 +151,8 @@ def label(model: str | ModelSpec = "default", layers: Sequence[str] = ("conv4",)
                     "tau": tau,
                     "top_n": top_n, "crop": crop, "top_k": top_k, "max_k": max_k, "seed": seed,
                     "vocabulary": len(vocab), "layers": layers}
+        if weights:  # recorded only when given, so folders of runs without weights still resume
+            settings["weights"] = os.path.abspath(weights)
         check_manifest(out_dir, settings, name=os.path.join("labels", "manifest.json"), what="labels ")
         rules = _rules_to_verify(rules, setup, out_dir, batch_size, progress)
         acts = extract(setup.spec, layers, setup.probe, os.path.join(out_dir, "layers"),

@@ -35,7 +35,8 @@ def open_probe(spec: str, *, image_size: int | None = None, n_images: int | None
     ``coco:FILE`` or ``coco:FILE:IMAGE_DIR`` (a COCO annotation file; the spec is split at a colon only
     when no file has the whole name, where an existing file is left of it and a folder right of it:
     :func:`~neurcore.probe.coco.parse_coco_spec`). image_size: side of the images in pixels;
-    n_images and seed: of the synthetic probes."""
+    n_images: images of a synthetic probe, or the first n_images of a broden, folder or coco probe
+    (:meth:`Probe.limit`); seed: of the synthetic probes."""
     kind, _, arg = spec.partition(":")
     if kind in ("default", "synthetic") and not arg:
         return SyntheticWorld(n_images=n_images or 3000, size=image_size or 64, seed=seed)
@@ -46,11 +47,11 @@ def open_probe(spec: str, *, image_size: int | None = None, n_images: int | None
 
         return SyntheticBroden(n_images=22210 if n_images is None else n_images, seed=seed)
     if kind == "broden" and arg:
-        return BrodenProbe(arg, image_size=image_size or 224)
+        return BrodenProbe(arg, image_size=image_size or 224).limit(n_images)
     if kind == "folder" and arg:
-        return FolderProbe(arg, image_size=image_size or 224)
+        return FolderProbe(arg, image_size=image_size or 224).limit(n_images)
     if kind == "coco" and arg:
         annotations, image_dir = parse_coco_spec(arg)
-        return CocoProbe(annotations, image_dir, image_size=image_size or 224)
+        return CocoProbe(annotations, image_dir, image_size=image_size or 224).limit(n_images)
     raise ProbeError(f"probe {spec!r}: expected default, broden:DIR or folder:DIR, coco:FILE or "
                      "coco:FILE:IMAGE_DIR, or synthetic or synthetic-broden")

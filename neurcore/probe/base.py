@@ -32,6 +32,15 @@ class Probe:
         """Concepts present in image i: (rows int [m], masks bool [m, h, w] at ``mask_shape``)."""
         raise NotImplementedError
 
+    def limit(self, n_images: int | None) -> "Probe":
+        """This probe cut to its first ``n_images`` images (fewer when it has fewer; None: all), in place;
+        returns it. A probe's images are addressed by index below ``n_images``, so the rest are unread."""
+        if n_images is not None:
+            if n_images < 1:
+                raise ProbeError(f"{self.name}: n_images must be >= 1, got {n_images}")
+            self.n_images = min(self.n_images, int(n_images))
+        return self
+
     def batches(self, batch_size: int = 64) -> Iterator[tuple[int, np.ndarray]]:
         """(start, images) over the whole probe, in order."""
         for start in range(0, self.n_images, batch_size):
