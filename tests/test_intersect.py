@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from neurcore import BitMasks, intersect_counts
 from conftest import IMAGE_SHAPES, flat, random_masks
@@ -73,3 +73,20 @@ def test_unknown_backend():
         intersect_counts(a, a, backend="fpga")
     with pytest.raises(ValueError, match="needs masks on a CUDA device"):
         intersect_counts(a, a, backend="cuda")
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 12), n_images=st.integers(1, 9))
+def test_image_major_index_on_torch_tensors_equals_numpy(seed, n, n_images):
+    """The sparse x sparse index built on a tensor's device (GPU path) equals the host's (numpy)."""
+    torch = pytest.importorskip("torch")
+    from neurcore.engine._dispatch import image_major_index
+
+    rng = np.random.default_rng(seed)
+    images = [np.sort(rng.choice(n_images, rng.integers(0, n_images + 1), replace=False)) for _ in range(n)]
+    indptr = np.concatenate([[0], np.cumsum([len(x) for x in images])]).astype(np.int64)
+    flat_images = np.concatenate(images + [np.zeros(0)]).astype(np.int64)
+    host = image_major_index(indptr, flat_images, n_images)
+    device = image_major_index(torch.from_numpy(indptr), torch.from_numpy(flat_images), n_images)
+    for h, d in zip(host, device):
+        assert d.dtype == torch.int64 and np.array_equal(h, d.numpy())

@@ -167,9 +167,29 @@ def _check_combine(codes: np.ndarray, a, ia: np.ndarray, b, ib: np.ndarray) -> N
 
 
 # ------------------------------------------------------------ sparse helpers
-def image_major_index(indptr: np.ndarray, images: np.ndarray, n_images: int):
-    """B's blocks ordered by image: (by_image [n_images + 1], row [nnz], block [nnz])."""
-    rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+def block_rows(indptr):
+    """The row of each block of an image-sparse BitMasks: int64 [nnz], from its indptr [n + 1]; a torch
+    tensor stays on its device."""
+    if is_torch(indptr):
+        import torch
+
+        counts = torch.diff(indptr)
+        return torch.repeat_interleave(torch.arange(len(counts), device=indptr.device), counts)
+    return np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+
+
+def image_major_index(indptr, images, n_images: int):
+    """B's blocks ordered by image: (by_image [n_images + 1], row [nnz], block [nnz]), all int64. Torch
+    tensors are indexed on their device (no round trip through the host, which dominated the GPU's
+    sparse x sparse counts); numpy arrays on the host."""
+    rows = block_rows(indptr)
+    if is_torch(images):
+        import torch
+
+        order = torch.argsort(images, stable=True)
+        by_image = torch.zeros(n_images + 1, dtype=torch.int64, device=images.device)
+        by_image[1:] = torch.cumsum(torch.bincount(images, minlength=n_images), 0)
+        return by_image, rows[order], order
     order = np.argsort(images, kind="stable").astype(np.int64)
     by_image = np.zeros(n_images + 1, dtype=np.int64)
     np.cumsum(np.bincount(images, minlength=n_images), out=by_image[1:])

@@ -9,8 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from ._bitmasks import BitMasks, check_same_space
-from ._device import to_host
-from ._dispatch import cuda_call, image_major_index, ptr
+from ._dispatch import block_rows, cuda_call, image_major_index, ptr
 from .backends import _C
 
 if TYPE_CHECKING:
@@ -50,12 +49,8 @@ def _intersect_cuda(A, B):
     elif A.layout == "dense" and B.layout == "sparse":
         return _intersect_cuda(B, A).T.contiguous()
     else:
-        indptr_a = to_host(A._indptr)
-        a_row = np.repeat(np.arange(A.n, dtype=np.int64), np.diff(indptr_a))
-        by_image, b_row, b_block = image_major_index(to_host(B._indptr), to_host(B._images), n_img)
-        a_row, by_image, b_row, b_block = (
-            torch.from_numpy(x).to(dev) for x in (a_row, by_image, b_row, b_block)
-        )
+        a_row = block_rows(A._indptr)
+        by_image, b_row, b_block = image_major_index(B._indptr, B._images, n_img)
         fn, stream = cuda_call("intersect_sparse_sparse", A._indptr, A._images, A._words, B._words)
         fn(ptr(A._indptr), ptr(A._images), ptr(A._words), A.n, A.nnz_blocks, ptr(a_row),
            ptr(B._words), B.n, ptr(by_image), ptr(b_row), ptr(b_block), wpi, ptr(out), stream)

@@ -136,10 +136,8 @@ def _intersect(A, B, device) -> torch.Tensor:
         _sparse_dense_kernel[grid](a_row, a_img, a_words, _tensor(B._words, device), out, B.n, n_img, wpi,
                                    BLOCK_N=32, BLOCK_W=bw)
         return out
-    by_image, b_row, b_block = (
-        _tensor(x, device)
-        for x in image_major_index(to_host(B._indptr), to_host(B._images), n_img)
-    )
+    by_image, b_row, b_block = image_major_index(_tensor(B._indptr, device), _tensor(B._images, device),
+                                                 n_img)
     _sparse_sparse_kernel[(nnz,)](a_row, a_img, a_words, by_image, b_row, b_block, _tensor(B._words, device),
                                   out, B.n, wpi, BLOCK_Q=16, BLOCK_W=bw)
     return out
