@@ -180,5 +180,5 @@ def _exported_files(path: str, layer: str | None) -> list[tuple[str, str, str | 
         elif name in ("descriptions.csv", "explanations.jsonl"):
             out.append((full, detect_format(full), layer))
         elif os.path.isfile(os.path.join(full, "tally.csv")) and (layer is None or name == safe_name(layer)):
-                out.append((os.path.join(full, "tally.csv"), "netdissect", name if layer is None else layer))
+            out.append((os.path.join(full, "tally.csv"), "netdissect", name if layer is None else layer))
     return out
