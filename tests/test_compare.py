@@ -72,6 +72,8 @@ def test_sources_are_checked(run, tmp_path):
         read_explanations(tmp_path)  # neither neurcore's results nor another tool's files
     with pytest.raises(InputError, match="needs its layers"):
         compare(root / "d", root / "b.jsonl", model=tiny_spec(PLANTED), out_dir=str(tmp_path / "c"))
+    with pytest.raises(InputError, match="b names no layer for its units"):
+        compare(root / "d", root / "b.jsonl", layers=["3", "1"])
     write_jsonl(tmp_path / "twice.jsonl", [Explanation(0, "x", "sky", None), Explanation(0, "x", "red", None)])
     with pytest.raises(InputError, match="b holds two explanations of unit 0"):
         compare(root / "d", tmp_path / "twice.jsonl", layers=["3"])

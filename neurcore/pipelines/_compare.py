@@ -175,6 +175,9 @@ def _pair(sides: list[list[Explanation]], layers: list[str]) -> dict:
             layer = r.layer
             if layer is None and len(layers) == 1:
                 layer = layers[0]
+            elif layer is None and layers:
+                raise InputError(f"compare: {'ab'[side]} names no layer for its units, so it cannot be "
+                                 f"matched to one of {', '.join(layers)}: compare one layer at a time")
             if layers and layer not in layers:
                 continue
             key = (layer, int(r.unit))
