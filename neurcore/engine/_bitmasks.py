@@ -80,8 +80,8 @@ def unpack_words(words2d: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def _row_of_block(indptr) -> np.ndarray:
-    indptr = to_host(indptr)
-    return np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    """The row of each block, on the host: int64 [nnz]."""
+    return _dispatch.block_rows(to_host(indptr))
 
 
 def _indptr_from_rows(rows: np.ndarray, n: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from triton.language.extra import libdevice
 
 from ..errors import BackendUnavailable
 from ._device import is_torch, to_host
-from ._dispatch import image_major_index
+from ._dispatch import block_rows, image_major_index
 
 
 @triton.jit
@@ -168,7 +168,7 @@ def _intersect(A, B, device) -> torch.Tensor:
     nnz = int(indptr[-1])
     if nnz == 0:
         return out
-    a_row = _tensor(np.repeat(np.arange(A.n, dtype=np.int64), np.diff(indptr)), device)
+    a_row = _tensor(block_rows(indptr), device)
     a_img, a_words = _tensor(A._images, device), _tensor(A._words, device)
     if B.layout == "dense":
         grid = (nnz, triton.cdiv(B.n, 32))
