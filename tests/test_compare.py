@@ -70,6 +70,13 @@ def test_sources_are_checked(run, tmp_path):
         read_explanations(tmp_path / "mixed.jsonl", "linex")
     with pytest.raises(InputError, match=str(tmp_path)):
         read_explanations(tmp_path)  # neither neurcore's results nor another tool's files
+    label_run = tmp_path / "label_run"  # a label run: rules in results.jsonl, labels in labels.jsonl
+    label_run.mkdir()
+    write_jsonl(label_run / "results.jsonl", read_jsonl(root / "d" / "results.jsonl"))
+    write_jsonl(label_run / "labels.jsonl", [Explanation(1, "clip-dissect", "red", None, layer="3")])
+    with pytest.raises(InputError, match="holds the methods beam, clip-dissect"):
+        read_explanations(label_run)
+    assert [r.formula for r in read_explanations(label_run, "clip-dissect")] == ["red"]
     with pytest.raises(InputError, match="needs its layers"):
         compare(root / "d", root / "b.jsonl", model=tiny_spec(PLANTED), out_dir=str(tmp_path / "c"))
     with pytest.raises(InputError, match="b names no layer for its units"):

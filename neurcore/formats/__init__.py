@@ -14,7 +14,6 @@ Each format's module docstring gives its columns, the source it was checked agai
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 
@@ -24,13 +23,14 @@ from ..results import Explanation
 from ..rules import METHODS as RULE_METHODS
 from ._clip_dissect import HEADER as _CLIP_HEADER
 from ._clip_dissect import from_clip_dissect, to_clip_dissect
-from ._common import layers_of, load_source, pick_method
+from ._common import is_neurcore_results, layers_of, load_source, pick_method
 from ._compexp import from_compexp, from_compexp_formula, tally_name, to_compexp, to_compexp_formula
 from ._netdissect import BASE as _NETDISSECT_BASE
 from ._netdissect import Tallies, category_tallies, from_netdissect, to_netdissect
 from ._neuronpedia import from_neuronpedia, to_neuronpedia
 
-__all__ = ["FORMATS", "export_results", "import_results", "detect_format", "to_netdissect", "from_netdissect",
+__all__ = ["FORMATS", "export_results", "import_results", "read_results", "is_neurcore_results",
+           "detect_format", "to_netdissect", "from_netdissect",
            "to_compexp", "from_compexp", "to_clip_dissect", "from_clip_dissect", "to_neuronpedia",
            "from_neuronpedia", "to_compexp_formula", "from_compexp_formula", "category_tallies"]
 
@@ -102,6 +102,13 @@ def _best_single(got: tuple[list[str], Tallies] | None) -> dict[int, tuple[str, 
     return out
 
 
+def read_results(source: str | os.PathLike, layer: str | None = None) -> list[Explanation]:
+    """neurcore's own explanations, as :func:`export_results` reads them: a results directory
+    (``results.jsonl``, then the rows of ``labels.jsonl`` not already there) or a neurcore JSONL file;
+    only ``layer``'s rows when given. A malformed line is an InputError naming the file and row."""
+    return load_source(source, layer).rows
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """The format of an exported file, from its first line: a CSV header (``layer,unit,description,...``
     is CLIP-Dissect's; ``unit,category,label,score,length`` compexp's; ``unit,category,label,score``
@@ -116,14 +123,10 @@ def detect_format(path: str | os.PathLike) -> str:
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text") from None
     if path.endswith((".jsonl", ".json", ".ndjson")) or first.lstrip().startswith("{"):
-        try:
-            d = json.loads(first)
-        except ValueError:
-            d = None  # the reader names the row
-        if isinstance(d, dict) and "unit" in d and "method" in d:
+        if is_neurcore_results(path):
             raise InputError(f"{path}: neurcore's own results, not an export: read it with "
                              "neurcore.results.read_jsonl")
-        return "neuronpedia"
+        return "neuronpedia"  # a line that is not JSON: the reader names the row
     head = next(csv.reader([first]), [])
     if head[: len(_CLIP_HEADER)] == _CLIP_HEADER:
         return "clip-dissect"

@@ -44,13 +44,10 @@ def load_source(source: str | os.PathLike | Sequence[Explanation], layer: str | 
             files, run_dir = [path], os.path.dirname(os.path.abspath(path))
         else:
             raise InputError(f"{path}: no such file or directory")
-        rows, seen = [], set()
-        for f in files:
-            for r in read_results_jsonl(f):
-                key = (r.layer, r.unit, r.method)
-                if key not in seen:
-                    seen.add(key)
-                    rows.append(r)
+        rows = read_results_jsonl(files[0])
+        if len(files) > 1:  # labels.jsonl: only the rows results.jsonl does not already hold
+            seen = {(r.layer, r.unit, r.method) for r in rows}
+            rows += [r for r in read_results_jsonl(files[1]) if (r.layer, r.unit, r.method) not in seen]
         manifest = read_manifest(run_dir)
     else:
         rows, run_dir, manifest = list(source), None, {}
@@ -72,18 +69,41 @@ def read_manifest(run_dir: str) -> dict:
 def read_results_jsonl(path: str) -> list[Explanation]:
     """neurcore's own JSONL, with a malformed line reported by file and row."""
     out = []
-    for n, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except ValueError as e:
-            raise bad(path, n, "json", f"not valid JSON ({e.msg})") from None
+    for n, d in json_lines(path):
         try:
             out.append(Explanation.from_dict(d))
         except TypeError as e:
             raise bad(path, n, "explanation", f"not a neurcore explanation ({e})") from None
     return out
+
+
+def json_lines(path: str) -> Iterator[tuple[int, object]]:
+    """(line number from 1, parsed value) of each non-empty line of a JSONL file; a line that is not
+    JSON is an InputError naming the file and row."""
+    for n, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except ValueError as e:
+            raise bad(path, n, "json", f"not valid JSON ({e.msg})") from None
+
+
+def is_neurcore_results(path: str) -> bool:
+    """Whether a file is neurcore's own JSONL: its first non-empty line is an object with ``unit`` and
+    ``method`` (an Explanation), which no exported format writes."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not first.lstrip().startswith("{"):
+        return False
+    try:
+        d = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(d, dict) and "unit" in d and "method" in d
 
 
 def read_lines(path: str) -> Iterator[tuple[int, str]]:

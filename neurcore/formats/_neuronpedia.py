@@ -30,7 +30,7 @@ from .._io import atomic_open
 from ..errors import InputError
 from ..results import Explanation
 from ..rules.formula import parse
-from ._common import bad, read_lines
+from ._common import bad, json_lines
 
 REQUIRED = ("layer", "index", "description")
 KEPT = ("modelId", "typeName", "explanationModelName", "authorId", "notes", "scoreV1", "scoreV2", "id")
@@ -63,13 +63,7 @@ def from_neuronpedia(path: str | os.PathLike, layer: str | None = None) -> list[
     ``explanationModelName`` in ``extra``; only ``layer``'s rows when given."""
     path = os.fspath(path)
     out = []
-    for line, text in read_lines(path):
-        if not text.strip():
-            continue
-        try:
-            d = json.loads(text)
-        except ValueError as e:
-            raise bad(path, line, "json", f"not valid JSON ({e.msg})") from None
+    for line, d in json_lines(path):
         if not isinstance(d, dict):
             raise bad(path, line, "json", f"expected an object, got {type(d).__name__}")
         r = _record(path, line, d)

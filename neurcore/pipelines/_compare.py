@@ -16,7 +16,6 @@ Without a model the table holds both labels and the scores their files reported.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,10 +25,11 @@ import numpy as np
 from .._io import atomic_open, check_manifest, safe_name
 from ..activations import extract, thresholds, unit_masks, unit_scores
 from ..errors import FormulaSyntaxError, InputError
+from ..formats import import_results, is_neurcore_results, read_results
 from ..labels import Generator, Verifier, load_generator
 from ..models import ModelSpec
 from ..probe import Probe, SyntheticWorld
-from ..results import Explanation, read_jsonl
+from ..results import Explanation
 from ..rules import ConceptSet, mask_iou, parse
 from ._setup import Setup, set_up
 
@@ -42,18 +42,19 @@ COMPARE_COLUMNS = ["layer", "unit"] + [f"{s}_{k}" for s in "ab" for k in _SIDE]
 
 
 def read_explanations(source: str | os.PathLike, method: str | None = None) -> list[Explanation]:
-    """The explanations of ``source``: a neurcore results folder (``results.jsonl``, else
-    ``labels.jsonl``), a neurcore JSONL file, or a file or folder of another tool's format (auto-detected,
-    :func:`neurcore.formats.import_results`). method: keep only rows of this method; without it the
-    source must hold one method (else an InputError lists them)."""
+    """The explanations of ``source``: a neurcore results folder (``results.jsonl``, then the rows of
+    ``labels.jsonl`` not already there) or JSONL file (:func:`neurcore.formats.read_results`), or a file
+    or folder of another tool's format (auto-detected, :func:`neurcore.formats.import_results`).
+    method: keep only rows of this method; without it the source must hold one method (else an
+    InputError lists them)."""
     path = os.fspath(source)
-    if os.path.isdir(path):
-        found = [os.path.join(path, f) for f in ("results.jsonl", "labels.jsonl")
-                 if os.path.isfile(os.path.join(path, f))]
-        path = found[0] if found else path  # else a folder of another tool's files
-    elif not os.path.isfile(path):
+    if os.path.isdir(path):  # neurcore's results folder, else a folder of another tool's files
+        ours = any(os.path.isfile(os.path.join(path, f)) for f in ("results.jsonl", "labels.jsonl"))
+    elif os.path.isfile(path):
+        ours = is_neurcore_results(path)
+    else:
         raise InputError(f"{path}: no such file or folder")
-    rows = read_jsonl(path) if _is_neurcore_jsonl(path) else _import(path)
+    rows = read_results(path) if ours else import_results(path)
     methods = list(dict.fromkeys(r.method for r in rows))
     if method is not None:
         rows = [r for r in rows if r.method == method]
@@ -63,24 +64,6 @@ def read_explanations(source: str | os.PathLike, method: str | None = None) -> l
         raise InputError(f"{path}: holds the methods {', '.join(methods)}; choose one "
                          "(--a-method/--b-method)")
     return rows
-
-
-def _is_neurcore_jsonl(path: str) -> bool:
-    if not path.endswith(".jsonl"):
-        return False
-    with open(path) as f:
-        first = next((line for line in f if line.strip()), "")
-    try:
-        row = json.loads(first) if first else {}
-    except json.JSONDecodeError:
-        return False
-    return isinstance(row, dict) and {"unit", "method", "formula"} <= set(row)
-
-
-def _import(path: str) -> list[Explanation]:
-    from ..formats import import_results
-
-    return import_results(path)
 
 
 @dataclass
